@@ -1,0 +1,137 @@
+// Package bpfprobe is the plumbing every kernel probe family shares: load a
+// bpf2go collection, attach the tracepoints its table declares (one failing
+// attach never stops the others), read its ring buffer, and count events read
+// and lost so they can be exported.
+package bpfprobe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Tracepoint declares one tracepoint a probe family attaches a program to.
+type Tracepoint struct {
+	Group    string // tracefs group, e.g. "syscalls"
+	Name     string // tracepoint, e.g. "sys_enter_execve"
+	Program  string // program name in the family's BPF object
+	Optional bool   // the family still works without it, with less detail
+}
+
+func (t Tracepoint) String() string { return t.Group + ":" + t.Name }
+
+// Family is one loaded probe family: its BPF objects, links and counters.
+type Family struct {
+	Name string
+	Coll *ebpf.Collection
+
+	links []link.Link
+	read  atomic.Uint64
+	once  sync.Once
+}
+
+// Load loads spec into the kernel and attaches the tracepoints. A required
+// tracepoint that fails to attach fails the family; an optional one is
+// logged, naming the tracepoint and what to do, and the rest go on.
+func Load(name string, spec *ebpf.CollectionSpec, tracepoints []Tracepoint) (*Family, error) {
+	if err := EnsureTracefs(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	_ = rlimit.RemoveMemlock() // only matters before kernel 5.11
+
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%s: load BPF objects: %w", name, explain(err))
+	}
+	f := &Family{Name: name, Coll: coll}
+	for _, tp := range tracepoints {
+		prog := coll.Programs[tp.Program]
+		if prog == nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: program %q missing from the BPF object (regenerate with make generate)", name, tp.Program)
+		}
+		l, err := link.Tracepoint(tp.Group, tp.Name, prog, nil)
+		if err != nil {
+			err = fmt.Errorf("%s: attach tracepoint %s: %w", name, tp, explain(err))
+			if !tp.Optional {
+				f.Close()
+				return nil, err
+			}
+			slog.Warn("optional tracepoint unavailable; continuing without it", "probe", name, "tracepoint", tp.String(), "error", err)
+			continue
+		}
+		f.links = append(f.links, l)
+	}
+	register(f)
+	return f, nil
+}
+
+// Close detaches every link and unloads the objects. Safe to call twice.
+func (f *Family) Close() error {
+	var errs []error
+	f.once.Do(func() {
+		unregister(f)
+		for _, l := range f.links {
+			errs = append(errs, l.Close())
+		}
+		f.Coll.Close()
+	})
+	return errors.Join(errs...)
+}
+
+// Read returns how many events user space has read from the family.
+func (f *Family) Read() uint64 { return f.read.Load() }
+
+// Lost returns how many events the kernel side dropped because the ring
+// buffer was full: the sum of the per-CPU "lost" counter.
+func (f *Family) Lost() uint64 {
+	m := f.Coll.Maps["lost"]
+	if m == nil {
+		return 0
+	}
+	var perCPU []uint64
+	if err := m.Lookup(uint32(0), &perCPU); err != nil {
+		return 0
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n
+}
+
+// ReadEvents reads the ring buffer map named ringName until ctx is done,
+// handing each raw record to handle. The slice is reused: copy what you keep.
+func (f *Family) ReadEvents(ctx context.Context, ringName string, handle func(raw []byte)) error {
+	m := f.Coll.Maps[ringName]
+	if m == nil {
+		return fmt.Errorf("%s: no ring buffer map %q", f.Name, ringName)
+	}
+	rd, err := ringbuf.NewReader(m)
+	if err != nil {
+		return fmt.Errorf("%s: open ring buffer: %w", f.Name, err)
+	}
+	stop := context.AfterFunc(ctx, func() { rd.Close() })
+	defer stop()
+	defer rd.Close()
+
+	var rec ringbuf.Record
+	for {
+		if err := rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("%s: read ring buffer: %w", f.Name, err)
+		}
+		f.read.Add(1)
+		handle(rec.RawSample)
+	}
+}

@@ -1,0 +1,47 @@
+package telemetry
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Span is a finished operation a probe saw, with its real start and end.
+type Span struct {
+	Name       string
+	Kind       trace.SpanKind
+	Start, End time.Time
+	Attributes []attribute.KeyValue
+	Error      string // non-empty: status Error with this description
+}
+
+// Emit queues a span for export without ever blocking the caller; when the
+// queue is full the span is dropped and counted.
+func (t *Telemetry) Emit(s Span) {
+	if t.queue == nil {
+		return
+	}
+	select {
+	case t.queue <- s:
+	default:
+		t.overflow.Add(1)
+	}
+}
+
+func (t *Telemetry) drain() {
+	defer close(t.done)
+	for s := range t.queue {
+		_, span := t.tracer.Start(context.Background(), s.Name,
+			trace.WithSpanKind(s.Kind),
+			trace.WithTimestamp(s.Start),
+			trace.WithAttributes(s.Attributes...),
+		)
+		if s.Error != "" {
+			span.SetStatus(codes.Error, s.Error)
+		}
+		span.End(trace.WithTimestamp(s.End))
+	}
+}
