@@ -30,15 +30,16 @@ struct tcp_conn {
 	__u32 pid;
 	__u8 direction;
 	__u8 established;
-	__u8 _pad[2];
+	__u8 fin_received; // the peer's FIN took one sequence number
+	__u8 _pad;
 	char comm[16];
 };
 
 struct tcp_event {
 	__u64 start_ns;       // SYN sent or received, CLOCK_BOOTTIME
 	__u64 end_ns;         // socket closed
-	__u64 bytes_sent;     // acknowledged by the peer (tcp_sock.bytes_acked)
-	__u64 bytes_received; // tcp_sock.bytes_received
+	__u64 bytes_sent;     // payload sent once (retransmissions not counted twice)
+	__u64 bytes_received; // payload received
 	__u32 pid;            // owner, 0 if never seen in a syscall
 	__s32 error;          // sk_err at close: ECONNREFUSED, ETIMEDOUT, ...
 	__u16 family;         // AF_INET or AF_INET6
@@ -85,8 +86,13 @@ static __always_inline void emit_close(struct trace_event_raw_inet_sock_set_stat
 	struct tcp_sock *tp = (struct tcp_sock *)ctx->skaddr;
 	e->start_ns = c->start_ns;
 	e->end_ns = bpf_ktime_get_boot_ns();
-	e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
+	// Payload only: bytes_sent counts data segments (retransmissions too,
+	// hence minus bytes_retrans); bytes_received counts sequence space,
+	// which includes the peer's FIN. bytes_acked would count SYN and FIN.
+	e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
 	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	if (c->fin_received && e->bytes_received > 0)
+		e->bytes_received--;
 	e->pid = c->pid;
 	e->error = BPF_CORE_READ(&tp->inet_conn.icsk_inet.sk, sk_err);
 	e->family = ctx->family;
@@ -94,14 +100,16 @@ static __always_inline void emit_close(struct trace_event_raw_inet_sock_set_stat
 	e->peer_port = ctx->dport;
 	e->direction = c->direction;
 	e->established = c->established;
+	// Copied with bpf_core_read: the verifier forbids plain loads through a
+	// context pointer moved by a relocated offset.
 	__builtin_memset(e->local_addr, 0, sizeof(e->local_addr));
 	__builtin_memset(e->peer_addr, 0, sizeof(e->peer_addr));
 	if (ctx->family == AF_INET6) {
-		__builtin_memcpy(e->local_addr, ctx->saddr_v6, 16);
-		__builtin_memcpy(e->peer_addr, ctx->daddr_v6, 16);
+		bpf_core_read(e->local_addr, 16, &ctx->saddr_v6);
+		bpf_core_read(e->peer_addr, 16, &ctx->daddr_v6);
 	} else {
-		__builtin_memcpy(e->local_addr, ctx->saddr, 4);
-		__builtin_memcpy(e->peer_addr, ctx->daddr, 4);
+		bpf_core_read(e->local_addr, 4, &ctx->saddr);
+		bpf_core_read(e->peer_addr, 4, &ctx->daddr);
 	}
 	__builtin_memcpy(e->comm, c->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
@@ -135,12 +143,20 @@ int zt_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	case TCP_ESTABLISHED:
 		c->established = 1;
 		return 0;
+	case TCP_CLOSE_WAIT: // the peer closed first
+	case TCP_CLOSING:    // both closed at once
+		c->fin_received = 1;
+		return 0;
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
 		if (c->pid == 0) // close() by the owner, accept() was not seen
 			set_owner(c);
 		return 0;
 	case TCP_CLOSE:
+		// FIN_WAIT2 ends (through TIME_WAIT) when the peer's FIN arrives;
+		// the FIN_WAIT2 timeout, without a FIN, is the rare exception.
+		if (ctx->oldstate == TCP_FIN_WAIT2)
+			c->fin_received = 1;
 		// An inbound socket that never got established was never a connection.
 		if (c->established || c->direction == TCP_DIR_CONNECT)
 			emit_close(ctx, key, c);
