@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -30,8 +31,9 @@ var (
 	built   = map[string]string{}
 )
 
-// BuildGo builds the Go program in testdata/<name> (extra go build flags
-// allowed) once per test binary and returns its path.
+// BuildGo builds the Go program in testdata/<name>, or the repository
+// package <name> when it contains a slash ("cmd/zerotel"), with extra go
+// build flags, once per test binary, and returns its path.
 func BuildGo(t testing.TB, name string, flags ...string) string {
 	t.Helper()
 	buildMu.Lock()
@@ -46,7 +48,11 @@ func BuildGo(t testing.TB, name string, flags ...string) string {
 	}
 	out := filepath.Join(dir, filepath.Base(name))
 	args := append([]string{"build", "-o", out}, flags...)
-	args = append(args, "./testdata/"+name)
+	pkg := "./testdata/" + name
+	if strings.Contains(name, "/") {
+		pkg = "./" + name
+	}
+	args = append(args, pkg)
 	cmd := exec.Command("go", args...)
 	cmd.Dir = RepoRoot()
 	if b, err := cmd.CombinedOutput(); err != nil {

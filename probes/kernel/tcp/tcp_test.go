@@ -1,14 +1,7 @@
 package tcp
 
 import (
-	"bufio"
 	"context"
-	"fmt"
-	"io"
-	"net"
-	"net/netip"
-	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -41,58 +34,6 @@ func traceTCP(t *testing.T) <-chan *Event {
 	return events
 }
 
-// peer is a running tcppeer process.
-type peer struct {
-	cmd         *exec.Cmd
-	out         *bufio.Reader
-	local, peer netip.AddrPort
-}
-
-func startPeer(t *testing.T, args ...string) *peer {
-	t.Helper()
-	cmd := exec.Command(testutil.BuildGo(t, "tcppeer"), args...)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return &peer{cmd: cmd, out: bufio.NewReader(stdout)}
-}
-
-// line reads the next "key=value ..." line the peer prints.
-func (p *peer) line(t *testing.T) map[string]string {
-	t.Helper()
-	s, err := p.out.ReadString('\n')
-	if err != nil {
-		t.Fatalf("tcppeer output: %v", err)
-	}
-	kv := map[string]string{}
-	for _, f := range strings.Fields(s) {
-		k, v, _ := strings.Cut(f, "=")
-		kv[k] = v
-	}
-	return kv
-}
-
-func (p *peer) connected(t *testing.T) {
-	kv := p.line(t)
-	p.local = netip.MustParseAddrPort(kv["local"])
-	p.peer = netip.MustParseAddrPort(kv["peer"])
-}
-
-func (p *peer) wait(t *testing.T) {
-	t.Helper()
-	io.Copy(io.Discard, p.out)
-	if err := p.cmd.Wait(); err != nil {
-		t.Fatalf("tcppeer %v: %v", p.cmd.Args[1:], err)
-	}
-}
-
-func pid(p *peer) uint32 { return uint32(p.cmd.Process.Pid) }
-
 // collect gathers the events whose ports match, until want arrived and one
 // more second passed (to catch duplicates), or 10 s.
 func collect(t *testing.T, events <-chan *Event, want int, match func(*Event) bool) []*Event {
@@ -120,24 +61,18 @@ func collect(t *testing.T, events <-chan *Event, want int, match func(*Event) bo
 func testExchange(t *testing.T, listen string) {
 	events := traceTCP(t)
 	const n, m = 12345, 54321
-	srv := startPeer(t, "server", listen, fmt.Sprint(n), fmt.Sprint(m))
-	addr := srv.line(t)["listen"]
-	cli := startPeer(t, "client", addr, fmt.Sprint(n), fmt.Sprint(m))
-	cli.connected(t)
-	srv.connected(t)
-	cli.wait(t)
-	srv.wait(t)
+	cli, srv := testutil.TCPExchange(t, listen, n, m)
 
 	got := collect(t, events, 2, func(e *Event) bool {
-		return e.Local == cli.local || e.Local == srv.local && e.Peer == srv.peer
+		return e.Local == cli.Local || e.Local == srv.Local && e.Peer == srv.Peer
 	})
 	if len(got) != 2 {
 		t.Fatalf("want 2 records (one per side), got %d: %+v", len(got), got)
 	}
 	for _, e := range got {
-		want := Event{PID: pid(cli), Comm: "tcppeer", Direction: Outbound, Local: cli.local, Peer: cli.peer, BytesSent: n, BytesReceived: m}
-		if e.Local == srv.local {
-			want = Event{PID: pid(srv), Comm: "tcppeer", Direction: Inbound, Local: srv.local, Peer: srv.peer, BytesSent: m, BytesReceived: n}
+		want := Event{PID: cli.PID, Comm: "tcppeer", Direction: Outbound, Local: cli.Local, Peer: cli.Peer, BytesSent: n, BytesReceived: m}
+		if e.Local == srv.Local {
+			want = Event{PID: srv.PID, Comm: "tcppeer", Direction: Inbound, Local: srv.Local, Peer: srv.Peer, BytesSent: m, BytesReceived: n}
 		}
 		if e.PID != want.PID || e.Comm != want.Comm || e.Direction != want.Direction || e.Local != want.Local ||
 			e.Peer != want.Peer || e.BytesSent != want.BytesSent || e.BytesReceived != want.BytesReceived || e.Failed {
@@ -152,29 +87,19 @@ func testExchange(t *testing.T, listen string) {
 func TestTCPExchangeIPv4(t *testing.T) { testExchange(t, "127.0.0.1:0") }
 func TestTCPExchangeIPv6(t *testing.T) { testExchange(t, "[::1]:0") }
 
-func testRefused(t *testing.T, network, host string) {
+func testRefused(t *testing.T, host string) {
 	events := traceTCP(t)
-	// A port nobody listens on: bind one, note it, close it.
-	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).AddrPort().Port()
-	ln.Close()
-	cli := startPeer(t, "client", net.JoinHostPort(host, fmt.Sprint(port)), "1", "1")
-	if err := cli.cmd.Wait(); err == nil {
-		t.Fatal("connect to a closed port succeeded")
-	}
+	pid, port := testutil.TCPRefused(t, host)
 	got := collect(t, events, 1, func(e *Event) bool { return e.Peer.Port() == port })
 	if len(got) != 1 {
 		t.Fatalf("want 1 failure record, got %d", len(got))
 	}
 	e := got[0]
-	if !e.Failed || e.Errno != syscall.ECONNREFUSED || e.Error != "ECONNREFUSED" || e.PID != pid(cli) ||
+	if !e.Failed || e.Errno != syscall.ECONNREFUSED || e.Error != "ECONNREFUSED" || e.PID != pid ||
 		e.Direction != Outbound || e.Peer.Addr().String() != host || e.BytesSent != 0 {
-		t.Errorf("got %+v, want a failed outbound ECONNREFUSED from pid %d to %s", *e, pid(cli), host)
+		t.Errorf("got %+v, want a failed outbound ECONNREFUSED from pid %d to %s", *e, pid, host)
 	}
 }
 
-func TestTCPRefusedIPv4(t *testing.T) { testRefused(t, "tcp4", "127.0.0.1") }
-func TestTCPRefusedIPv6(t *testing.T) { testRefused(t, "tcp6", "::1") }
+func TestTCPRefusedIPv4(t *testing.T) { testRefused(t, "127.0.0.1") }
+func TestTCPRefusedIPv6(t *testing.T) { testRefused(t, "::1") }

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/zerotel/zerotel/internal/testutil"
+)
+
+// run runs zerotel and returns its exit code and combined output.
+func run(t *testing.T, cred *syscall.Credential, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(zerotelBinary(t), args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatal(err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
+func assertNoPanic(t *testing.T, out string) {
+	t.Helper()
+	if strings.Contains(out, "panic") || strings.Contains(out, "goroutine ") {
+		t.Errorf("output has a panic or stack trace:\n%s", out)
+	}
+}
+
+func TestNotRootIsAClearErrorWithExitCode2(t *testing.T) {
+	testutil.RequireRoot(t) // to switch to an unprivileged user
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	for _, args := range [][]string{{"trace", "exec"}, {"trace", "tcp"}, {"doctor"}} {
+		code, out := run(t, nobody, args...)
+		if code != 2 {
+			t.Errorf("%v as nobody: exit %d, want 2\n%s", args, code, out)
+		}
+		if !strings.Contains(out, "root") || !strings.Contains(out, "CAP_BPF") {
+			t.Errorf("%v as nobody: output does not say root / CAP_BPF is needed:\n%s", args, out)
+		}
+		assertNoPanic(t, out)
+	}
+}
+
+func TestBadInputIsAClearError(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"trace", "tcp", "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"trace", "exec", "--output", "xml"}, `unknown output format "xml"`},
+		{[]string{"trace", "exec", "--duration", "soon"}, `invalid argument "soon"`},
+		{[]string{"trace", "exec", "extra"}, `unknown command "extra"`},
+	} {
+		code, out := run(t, nil, tc.args...)
+		if code != 2 && code != 1 || !strings.Contains(out, tc.want) {
+			t.Errorf("%v: exit %d, output %q; want a non-zero exit and %q", tc.args, code, out, tc.want)
+		}
+		assertNoPanic(t, out)
+	}
+}
