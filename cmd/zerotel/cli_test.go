@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -60,5 +61,31 @@ func TestBadInputIsAClearError(t *testing.T) {
 			t.Errorf("%v: exit %d, output %q; want a non-zero exit and %q", tc.args, code, out, tc.want)
 		}
 		assertNoPanic(t, out)
+	}
+}
+
+func TestDoctorJSON(t *testing.T) {
+	testutil.RequireRoot(t)
+	code, out := run(t, nil, "doctor", "--json")
+	if code != 0 {
+		t.Fatalf("doctor --json exit %d:\n%s", code, out)
+	}
+	var r struct {
+		Probes []struct {
+			Name      string
+			Available bool
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("doctor --json is not JSON: %v\n%s", err, out)
+	}
+	got := map[string]bool{}
+	for _, p := range r.Probes {
+		got[p.Name] = p.Available
+	}
+	for name, want := range map[string]bool{"tracepoint": true, "uprobe": true, "ringbuf": true, "kprobe": false, "bpf_probe_write_user": false} {
+		if avail, ok := got[name]; !ok || avail != want {
+			t.Errorf("doctor: %s available=%v (reported: %v), want %v", name, avail, ok, want)
+		}
 	}
 }

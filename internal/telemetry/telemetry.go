@@ -216,4 +216,3 @@ func (c *countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.Rea
 	}
 	return err
 }
-
