@@ -19,7 +19,7 @@ func doctorCommand() *cobra.Command {
 		Long: `doctor loads and attaches a tiny program of every eBPF kind zerotel could use,
 then says feature by feature what zerotel can do here, and why not where not.
 Exit code 0: the core works. 2: it does not (not root, no BTF, ...).`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r := doctor.Run(cmd.Context())
 			if asJSON {

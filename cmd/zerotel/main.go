@@ -40,3 +40,11 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// noArgs rejects positional arguments as a usage error (exit code 2).
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())}
+	}
+	return nil
+}

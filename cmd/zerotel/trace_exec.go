@@ -14,7 +14,7 @@ func traceExecCommand(opts *traceOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "exec",
 		Short: "Show every process start on the host (and the exit of those it saw start)",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			s, err := opts.start(fmt.Sprintf("%-12s %-5s %7s %7s %5s %-16s %-8s %s", "TIME", "EVENT", "PID", "PPID", "UID", "COMM", "RESULT", "PATH / ARGS"))
 			if err != nil {

@@ -13,7 +13,7 @@ func traceTCPCommand(opts *traceOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "tcp",
 		Short: "Show every TCP connection on the host when it closes: owner, addresses, bytes, duration",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			s, err := opts.start(fmt.Sprintf("%-12s %7s %-16s %-7s %-22s %-22s %10s %10s %12s %s",
 				"TIME", "PID", "COMM", "DIR", "LOCAL", "PEER", "SENT", "RECEIVED", "DURATION", "RESULT"))
