@@ -10,18 +10,33 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/zerotel/zerotel/internal/output"
 	"github.com/zerotel/zerotel/internal/telemetry"
 )
 
-// traceOptions are the flags every `zerotel trace` command shares.
-type traceOptions struct {
+// exportOptions say where and how long a command reports.
+type exportOptions struct {
 	output   string
 	duration time.Duration
-	comm     string
-	pid      uint32
 	tel      telemetry.Config
+}
+
+func (o *exportOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVarP(&o.output, "output", "o", output.Table, "output format: table or json (one object per line)")
+	f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until SIGINT/SIGTERM)")
+	f.StringVar(&o.tel.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics here, e.g. :9464 (localhost) or 0.0.0.0:9464")
+	f.StringVar(&o.tel.OTLPEndpoint, "otlp-endpoint", "", "send spans and metrics over OTLP here (default $OTEL_EXPORTER_OTLP_ENDPOINT; off when unset)")
+	f.StringVar(&o.tel.OTLPProtocol, "otlp-protocol", "", "grpc or http/protobuf (default $OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)")
+	f.StringVar(&o.tel.ServiceName, "service-name", "", "service.name of exported telemetry (default $OTEL_SERVICE_NAME, else zerotel)")
+}
+
+// traceOptions are the flags every `zerotel trace` command shares.
+type traceOptions struct {
+	exportOptions
+	comm string
+	pid  uint32
 }
 
 func traceCommand() *cobra.Command {
@@ -31,14 +46,9 @@ func traceCommand() *cobra.Command {
 		Short: "Trace host-wide kernel events (process starts, TCP connections)",
 	}
 	f := cmd.PersistentFlags()
-	f.StringVarP(&opts.output, "output", "o", output.Table, "output format: table or json (one object per line)")
-	f.DurationVar(&opts.duration, "duration", 0, "stop after this long (default: until SIGINT/SIGTERM)")
+	opts.addFlags(f)
 	f.StringVar(&opts.comm, "comm", "", "only events of processes with this command name")
 	f.Uint32Var(&opts.pid, "pid", 0, "only events of this process id")
-	f.StringVar(&opts.tel.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics here, e.g. :9464 (localhost) or 0.0.0.0:9464")
-	f.StringVar(&opts.tel.OTLPEndpoint, "otlp-endpoint", "", "send spans and metrics over OTLP here (default $OTEL_EXPORTER_OTLP_ENDPOINT; off when unset)")
-	f.StringVar(&opts.tel.OTLPProtocol, "otlp-protocol", "", "grpc or http/protobuf (default $OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)")
-	f.StringVar(&opts.tel.ServiceName, "service-name", "", "service.name of exported telemetry (default $OTEL_SERVICE_NAME, else zerotel)")
 	cmd.AddCommand(traceExecCommand(opts), traceTCPCommand(opts))
 	return cmd
 }
@@ -52,7 +62,7 @@ type session struct {
 	cancel func()
 }
 
-func (o *traceOptions) start(header string) (*session, error) {
+func (o *exportOptions) start(header string) (*session, error) {
 	if err := checkPrivileges(); err != nil {
 		return nil, err
 	}

@@ -74,6 +74,10 @@ func Load(name string, spec *ebpf.CollectionSpec, tracepoints []Tracepoint) (*Fa
 	return f, nil
 }
 
+// AddLink makes the family own l: it is closed with the family. Families
+// that attach more than tracepoints (uprobes) add their links here.
+func (f *Family) AddLink(l link.Link) { f.links = append(f.links, l) }
+
 // Close detaches every link and unloads the objects. Safe to call twice.
 func (f *Family) Close() error {
 	var errs []error

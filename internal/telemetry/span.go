@@ -16,6 +16,12 @@ type Span struct {
 	Start, End time.Time
 	Attributes []attribute.KeyValue
 	Error      string // non-empty: status Error with this description
+
+	// Ids chosen by the probe; zero: the SDK picks them and the span is a root.
+	TraceID      trace.TraceID
+	SpanID       trace.SpanID
+	Parent       trace.SpanID // zero: a root span
+	ParentRemote bool         // the parent came from another process (traceparent)
 }
 
 // Emit queues a span for export without ever blocking the caller; when the
@@ -34,7 +40,7 @@ func (t *Telemetry) Emit(s Span) {
 func (t *Telemetry) drain() {
 	defer close(t.done)
 	for s := range t.queue {
-		_, span := t.tracer.Start(context.Background(), s.Name,
+		_, span := t.tracer.Start(s.context(), s.Name,
 			trace.WithSpanKind(s.Kind),
 			trace.WithTimestamp(s.Start),
 			trace.WithAttributes(s.Attributes...),
@@ -44,4 +50,19 @@ func (t *Telemetry) drain() {
 		}
 		span.End(trace.WithTimestamp(s.End))
 	}
+}
+
+// context carries the probe's ids and parent to the SDK.
+func (s *Span) context() context.Context {
+	ctx := context.Background()
+	if !s.TraceID.IsValid() || !s.SpanID.IsValid() {
+		return ctx
+	}
+	ctx = withIDs(ctx, s.TraceID, s.SpanID)
+	if s.Parent.IsValid() {
+		ctx = trace.ContextWithSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: s.TraceID, SpanID: s.Parent, TraceFlags: trace.FlagsSampled, Remote: s.ParentRemote,
+		}))
+	}
+	return ctx
 }

@@ -115,6 +115,9 @@ func (t *Telemetry) startTraces(ctx context.Context, cfg Config, res *resource.R
 	}
 	t.tp = sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
+		// Probes sample in the kernel; what reaches the SDK is kept.
+		sdktrace.WithSampler(sdktrace.AlwaysSample()),
+		sdktrace.WithIDGenerator(idGenerator{}),
 		// Blocking: a full SDK queue holds up our queue worker, not the
 		// probes; our own bounded queue is where spans are dropped and counted.
 		sdktrace.WithSpanProcessor(sdktrace.NewBatchSpanProcessor(&countingExporter{exp, t}, sdktrace.WithBlocking())),

@@ -1,0 +1,471 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// HTTP/1.x server and client spans from unmodified Go binaries (net/http).
+//
+// Probe hits per traced operation (each on the JBE after the stack check,
+// an instruction the kernel emulates: ~0.8 us, not the ~11 us of a
+// single-stepped one):
+//   server request: 2  readTransfer (request headers parsed: start)
+//                      (*response).finishRequest (handler done: end)
+//   client request: 2  (*Transport).roundTrip (start)
+//                      readTransfer (response headers parsed: end)
+// No return probes: Go moves goroutine stacks, which breaks uretprobes.
+//
+// In-flight state lives in LRU maps keyed by process and goroutine id
+// (server) or process and *url.URL (client: the request is shallow-copied
+// inside the transport, its URL pointer is not), deleted when the operation
+// ends and swept by user space when the process exits.
+#include "vmlinux.h"
+#include "zerotel.h"
+#include "goabi.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define METHOD_LEN 16
+#define PATH_LEN 256
+#define ROUTE_LEN 128
+#define HOST_LEN 128
+#define QUERY_LEN 128
+#define ADDR_LEN 64
+#define UA_LEN 128
+#define HDR_MAX 2048 // request header bytes searched for traceparent / user-agent
+
+enum http_kind {
+	HTTP_SERVER = 1,
+	HTTP_CLIENT = 2,
+	HTTP_PROCESS_EXIT = 3, // a traced process exited: sweep its map entries
+};
+
+struct trace_ctx {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 sampled;
+	__u8 _pad[7];
+};
+
+struct http_event {
+	enum http_kind kind;
+	__u32 pid;
+	__u64 goid;
+	__u64 start_ns;
+	__u64 end_ns;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_span_id[8]; // all zero: a root span
+	__u8 sampled;
+	__u8 parent_remote;     // parent came in a traceparent header
+	__u8 proto_major;
+	__u8 proto_minor;
+	__u8 tls;
+	__u8 _pad[1];
+	__u16 status;
+	char method[METHOD_LEN];
+	char scheme[8];
+	char path[PATH_LEN];
+	char route[ROUTE_LEN];   // server: the ServeMux pattern
+	char host[HOST_LEN];     // server: Host header; client: URL host
+	char query[QUERY_LEN];   // client: raw query
+	char peer[ADDR_LEN];     // server: RemoteAddr
+	char user_agent[UA_LEN]; // server
+};
+
+const struct http_event *unused_http_event __attribute__((unused));
+
+// Field offsets and probe placement of the traced binary, set at load time
+// from its DWARF or zerotel's offsets table (see fields.go).
+volatile const __u64 off_g_goid;
+volatile const __u64 off_g_parent_goid;
+volatile const __u64 off_req_method;
+volatile const __u64 off_req_url;
+volatile const __u64 off_req_proto_major;
+volatile const __u64 off_req_proto_minor;
+volatile const __u64 off_req_host;
+volatile const __u64 off_req_remote_addr;
+volatile const __u64 off_req_pattern;
+volatile const __u64 off_req_tls;
+volatile const __u64 off_url_scheme;
+volatile const __u64 off_url_host;
+volatile const __u64 off_url_path;
+volatile const __u64 off_url_raw_query;
+volatile const __u64 off_resp_status_code;
+volatile const __u64 off_resp_request;
+volatile const __u64 off_rw_req;
+volatile const __u64 off_rw_status;
+volatile const __u64 off_bufio_buf;
+volatile const __u64 off_bufio_r;
+volatile const bool has_pattern;       // Request.Pattern exists (Go >= 1.23)
+volatile const bool jump_read_transfer; // probe sits on the stack-check JBE
+volatile const bool jump_finish_request;
+volatile const bool jump_round_trip;
+
+// Sampling, decided here so unsampled requests cost no span work:
+// root spans are sampled when the trace id (bytes 8..16, big endian, >> 1)
+// is below sample_bound, as OpenTelemetry's TraceIDRatioBased does;
+// with parent_based an incoming traceparent's sampled flag wins.
+volatile const __u64 sample_bound = 0xffffffffffffffffULL;
+volatile const bool parent_based = true;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+DECLARE_LOST_COUNTER()
+
+struct go_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 id; // goroutine id, or *url.URL for client requests
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct go_key);
+	__type(value, struct http_event);
+} servers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct go_key);
+	__type(value, struct http_event);
+} clients SEC(".maps");
+
+// Processes that hit a probe, so their exit can be reported.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} active SEC(".maps");
+
+// Event under construction and request header bytes: too big for the stack.
+struct scratch {
+	struct http_event ev;
+	char hdr[HDR_MAX + 192]; // slack: reads run past the last byte scanned
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+static __always_inline struct scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+static __always_inline __u32 current_pid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+static __always_inline void mark_active(__u32 pid)
+{
+	__u8 one = 1;
+	if (!bpf_map_lookup_elem(&active, &pid))
+		bpf_map_update_elem(&active, &pid, &one, BPF_ANY);
+}
+
+static __always_inline void random_bytes(__u8 *dst, int n)
+{
+	for (int i = 0; i < n; i += 4) {
+		__u32 r = bpf_get_prandom_u32();
+		__builtin_memcpy(dst + i, &r, 4);
+	}
+}
+
+static __always_inline bool sample_root(const __u8 *trace_id)
+{
+	__u64 x = 0;
+	for (int i = 8; i < 16; i++)
+		x = (x << 8) | trace_id[i];
+	return (x >> 1) < sample_bound;
+}
+
+/* ---- traceparent and user-agent from the raw request header bytes ---- */
+
+static __always_inline int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+// Parses "00-<32 hex trace id>-<16 hex span id>-<2 hex flags>" at p.
+static __always_inline bool parse_traceparent(const char *p, struct http_event *ev)
+{
+	if (p[0] != '0' || p[1] != '0' || p[2] != '-' || p[35] != '-' || p[52] != '-')
+		return false;
+	__u8 any = 0;
+	for (int i = 0; i < 16; i++) {
+		int hi = hexval(p[3 + 2 * i]), lo = hexval(p[4 + 2 * i]);
+		if (hi < 0 || lo < 0)
+			return false;
+		ev->trace_id[i] = hi << 4 | lo;
+		any |= ev->trace_id[i];
+	}
+	for (int i = 0; i < 8; i++) {
+		int hi = hexval(p[36 + 2 * i]), lo = hexval(p[37 + 2 * i]);
+		if (hi < 0 || lo < 0)
+			return false;
+		ev->parent_span_id[i] = hi << 4 | lo;
+		any |= ev->parent_span_id[i];
+	}
+	int f = hexval(p[54]);
+	if (!any || f < 0)
+		return false;
+	ev->sampled = f & 1;
+	return true;
+}
+
+struct hdr_scan {
+	struct scratch *s;
+	__u32 len;
+	bool found_tp;
+};
+
+static __always_inline char lower(char c)
+{
+	return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
+
+// bpf_loop step over 8-byte words: only words holding a '\n' are looked at
+// byte by byte, so the cost follows the number of header lines.
+static long scan_word(__u32 w, struct hdr_scan *sc)
+{
+	__u32 base = w * 8;
+	if (base >= sc->len || base >= HDR_MAX)
+		return 1;
+	struct scratch *s = sc->s;
+	__u64 word = 0;
+	__builtin_memcpy(&word, &s->hdr[base & (HDR_MAX - 1)], 8);
+	__u64 x = word ^ 0x0a0a0a0a0a0a0a0aULL;
+	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL))
+		return 0;
+	for (int k = 0; k < 8; k++) {
+		__u32 i = (base + k) & (HDR_MAX - 1);
+		if (s->hdr[i] != '\n')
+			continue;
+		const char *l = &s->hdr[i + 1];
+		char c0 = lower(l[0]);
+		if (c0 == 't' && !sc->found_tp && lower(l[1]) == 'r' && lower(l[2]) == 'a' &&
+		    lower(l[5]) == 'p' && lower(l[10]) == 't' && l[11] == ':') {
+			// "traceparent:" (colon at i+12), an optional space, then
+			// the 55-byte value.
+			__u32 v = i + 14;
+			if (s->hdr[(i + 13) & (HDR_MAX - 1)] != ' ')
+				v = i + 13;
+			if (v + 55 <= sc->len && v < HDR_MAX)
+				sc->found_tp = parse_traceparent(&s->hdr[v & (HDR_MAX - 1)], &s->ev);
+		} else if (c0 == 'u' && lower(l[1]) == 's' && lower(l[4]) == '-' &&
+			   lower(l[5]) == 'a' && l[10] == ':') {
+			// "user-agent:" (colon at i+11), an optional space, then the
+			// value: user space cuts it at "\r\n".
+			__u32 v = i + 13;
+			if (s->hdr[(i + 12) & (HDR_MAX - 1)] != ' ')
+				v = i + 12;
+			if (v < HDR_MAX)
+				__builtin_memcpy(s->ev.user_agent, &s->hdr[v & (HDR_MAX - 1)], UA_LEN);
+		}
+	}
+	return 0;
+}
+
+/* ---- server ---- */
+
+// readTransfer(msg any, r *bufio.Reader) runs once the headers of an
+// incoming request (server) or of a response (client) are parsed.
+SEC("uprobe/readTransfer")
+int zt_http_read_transfer(struct pt_regs *regs)
+{
+	if (go_stack_will_grow(regs, jump_read_transfer))
+		return 0;
+	void *msg = GO_ARG2(regs); // the any's data word; GO_ARG1 is its type
+	if (!msg)
+		return 0;
+	// A *Response holds StatusCode where a *Request holds its URL pointer
+	// (checked in user space): a small number means a response.
+	__s64 word = go_read_int(msg, off_resp_status_code);
+	__u32 pid = current_pid();
+
+	if (word >= 100 && word < 1000) {
+		void *req = go_read_ptr(msg, off_resp_request);
+		if (!req)
+			return 0;
+		struct go_key key = {.pid = pid, .id = (__u64)go_read_ptr(req, off_req_url)};
+		struct http_event *ev = bpf_map_lookup_elem(&clients, &key);
+		if (!ev)
+			return 0;
+		ev->end_ns = bpf_ktime_get_boot_ns();
+		ev->status = word;
+		if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+			count_lost();
+		bpf_map_delete_elem(&clients, &key);
+		return 0;
+	}
+
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	struct http_event *ev = &s->ev;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = HTTP_SERVER;
+	ev->pid = pid;
+	ev->start_ns = bpf_ktime_get_boot_ns();
+	ev->goid = go_read_int(GO_G(regs), off_g_goid);
+
+	// The request's header bytes are the start of the connection's read
+	// buffer, up to the reader's position.
+	void *br = GO_ARG3(regs);
+	const char *buf = go_read_ptr(br, off_bufio_buf);
+	__s64 n = go_read_int(br, off_bufio_r);
+	if (buf && n > 0) {
+		if (n > HDR_MAX)
+			n = HDR_MAX;
+		__builtin_memset(&s->hdr[HDR_MAX], 0, 192);
+		if (bpf_probe_read_user(s->hdr, n & (HDR_MAX - 1) ?: HDR_MAX, buf) == 0) {
+			struct hdr_scan sc = {.s = s, .len = n};
+			bpf_loop((n + 7) / 8, scan_word, &sc, 0);
+			ev->parent_remote = sc.found_tp;
+		}
+	}
+	if (!ev->parent_remote) {
+		random_bytes(ev->trace_id, 16);
+		ev->sampled = sample_root(ev->trace_id);
+	} else if (!parent_based) {
+		ev->sampled = sample_root(ev->trace_id);
+	}
+	random_bytes(ev->span_id, 8);
+
+	struct go_key key = {.pid = pid, .id = ev->goid};
+	bpf_map_update_elem(&servers, &key, ev, BPF_ANY);
+	mark_active(pid);
+	return 0;
+}
+
+// (*response).finishRequest(w): the handler returned; the response is
+// about to be flushed.
+SEC("uprobe/finishRequest")
+int zt_http_finish_request(struct pt_regs *regs)
+{
+	if (go_stack_will_grow(regs, jump_finish_request))
+		return 0;
+	struct go_key key = {.pid = current_pid(), .id = go_read_int(GO_G(regs), off_g_goid)};
+	struct http_event *ev = bpf_map_lookup_elem(&servers, &key);
+	if (!ev)
+		return 0;
+	void *w = GO_ARG1(regs);
+	void *req = go_read_ptr(w, off_rw_req);
+	ev->end_ns = bpf_ktime_get_boot_ns();
+	__s64 status = go_read_int(w, off_rw_status);
+	ev->status = status ? status : 200; // no WriteHeader: finishRequest writes 200
+	if (req) {
+		// What the duration metric needs, sampled or not.
+		go_read_string(ev->method, METHOD_LEN, req, off_req_method);
+		if (has_pattern)
+			go_read_string(ev->route, ROUTE_LEN, req, off_req_pattern);
+		ev->proto_major = go_read_int(req, off_req_proto_major);
+		ev->proto_minor = go_read_int(req, off_req_proto_minor);
+		ev->tls = go_read_ptr(req, off_req_tls) != NULL;
+	}
+	if (ev->sampled && req) {
+		// What only the span shows.
+		go_read_string(ev->host, HOST_LEN, req, off_req_host);
+		go_read_string(ev->peer, ADDR_LEN, req, off_req_remote_addr);
+		void *url = go_read_ptr(req, off_req_url);
+		if (url)
+			go_read_string(ev->path, PATH_LEN, url, off_url_path);
+	}
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+		count_lost();
+	bpf_map_delete_elem(&servers, &key);
+	return 0;
+}
+
+/* ---- client ---- */
+
+// Finds the trace context of the goroutine making a call: its own server
+// request, else that of the goroutine that started it.
+static __always_inline struct http_event *parent_of(__u32 pid, void *g)
+{
+	struct go_key key = {.pid = pid, .id = go_read_int(g, off_g_goid)};
+	struct http_event *parent = bpf_map_lookup_elem(&servers, &key);
+	if (parent)
+		return parent;
+	key.id = go_read_int(g, off_g_parent_goid);
+	return bpf_map_lookup_elem(&servers, &key);
+}
+
+// (*Transport).roundTrip(t, req): a client request starts.
+SEC("uprobe/roundTrip")
+int zt_http_round_trip(struct pt_regs *regs)
+{
+	if (go_stack_will_grow(regs, jump_round_trip))
+		return 0;
+	void *req = GO_ARG2(regs);
+	void *url = req ? go_read_ptr(req, off_req_url) : NULL;
+	if (!url)
+		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	__u32 pid = current_pid();
+	struct http_event *ev = &s->ev;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = HTTP_CLIENT;
+	ev->pid = pid;
+	ev->start_ns = bpf_ktime_get_boot_ns();
+	ev->goid = go_read_int(GO_G(regs), off_g_goid);
+
+	struct http_event *parent = parent_of(pid, GO_G(regs));
+	if (parent) {
+		__builtin_memcpy(ev->trace_id, parent->trace_id, 16);
+		__builtin_memcpy(ev->parent_span_id, parent->span_id, 8);
+		ev->sampled = parent->sampled;
+	} else {
+		random_bytes(ev->trace_id, 16);
+		ev->sampled = sample_root(ev->trace_id);
+	}
+	random_bytes(ev->span_id, 8);
+	go_read_string(ev->method, METHOD_LEN, req, off_req_method);
+	go_read_string(ev->scheme, sizeof(ev->scheme), url, off_url_scheme);
+	go_read_string(ev->host, HOST_LEN, url, off_url_host);
+	if (ev->sampled) {
+		go_read_string(ev->path, PATH_LEN, url, off_url_path);
+		go_read_string(ev->query, QUERY_LEN, url, off_url_raw_query);
+	}
+	struct go_key key = {.pid = pid, .id = (__u64)url};
+	bpf_map_update_elem(&clients, &key, ev, BPF_ANY);
+	mark_active(pid);
+	return 0;
+}
+
+/* ---- process exit ---- */
+
+SEC("tracepoint/sched/sched_process_exit")
+int zt_http_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 pid = id >> 32;
+	if ((__u32)id != pid || !bpf_map_lookup_elem(&active, &pid))
+		return 0;
+	bpf_map_delete_elem(&active, &pid);
+	struct http_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = HTTP_PROCESS_EXIT;
+	ev->pid = pid;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}

@@ -1,0 +1,59 @@
+// Package http turns HTTP/1.x requests served and made by unmodified Go
+// programs (net/http) into OpenTelemetry spans and metrics. See http.bpf.c
+// for the probes and their cost per request.
+package http
+
+import (
+	"github.com/zerotel/zerotel/internal/bpfprobe"
+	"github.com/zerotel/zerotel/internal/goprobe"
+)
+
+// uprobes: the functions this family probes, and the offsets each reads.
+var uprobes = []goprobe.Uprobe{
+	{
+		Symbol: "net/http.readTransfer", Program: httpProgZtHttpReadTransfer, AtJump: "jump_read_transfer",
+		Does:  "server request start and client response",
+		Needs: []string{"off_g_goid", "off_bufio_buf", "off_bufio_r", "off_resp_status_code", "off_resp_request", "off_req_url"},
+	},
+	{
+		Symbol: "net/http.(*response).finishRequest", Program: httpProgZtHttpFinishRequest, AtJump: "jump_finish_request",
+		Does: "server request end",
+		Needs: []string{"off_g_goid", "off_rw_req", "off_rw_status", "off_req_method", "off_req_url", "off_req_host",
+			"off_req_remote_addr", "off_req_proto_major", "off_req_proto_minor", "off_req_tls", "off_url_path"},
+	},
+	{
+		Symbol: "net/http.(*Transport).roundTrip", Program: httpProgZtHttpRoundTrip, AtJump: "jump_round_trip",
+		Does: "client request start",
+		Needs: []string{"off_g_goid", "off_g_parent_goid", "off_req_method", "off_req_url", "off_url_scheme",
+			"off_url_host", "off_url_path", "off_url_raw_query"},
+	},
+}
+
+// fields: every struct field the programs read, as load-time constants.
+var fields = []goprobe.Field{
+	{Const: "off_g_goid", Struct: "runtime.g", Field: "goid"},
+	{Const: "off_g_parent_goid", Struct: "runtime.g", Field: "parentGoid"},
+	{Const: "off_req_method", Struct: "net/http.Request", Field: "Method"},
+	{Const: "off_req_url", Struct: "net/http.Request", Field: "URL"},
+	{Const: "off_req_proto_major", Struct: "net/http.Request", Field: "ProtoMajor"},
+	{Const: "off_req_proto_minor", Struct: "net/http.Request", Field: "ProtoMinor"},
+	{Const: "off_req_host", Struct: "net/http.Request", Field: "Host"},
+	{Const: "off_req_remote_addr", Struct: "net/http.Request", Field: "RemoteAddr"},
+	{Const: "off_req_tls", Struct: "net/http.Request", Field: "TLS"},
+	{Const: "off_req_pattern", Struct: "net/http.Request", Field: "Pattern", Flag: "has_pattern"},
+	{Const: "off_url_scheme", Struct: "net/url.URL", Field: "Scheme"},
+	{Const: "off_url_host", Struct: "net/url.URL", Field: "Host"},
+	{Const: "off_url_path", Struct: "net/url.URL", Field: "Path"},
+	{Const: "off_url_raw_query", Struct: "net/url.URL", Field: "RawQuery"},
+	{Const: "off_resp_status_code", Struct: "net/http.Response", Field: "StatusCode"},
+	{Const: "off_resp_request", Struct: "net/http.Response", Field: "Request"},
+	{Const: "off_rw_req", Struct: "net/http.response", Field: "req"},
+	{Const: "off_rw_status", Struct: "net/http.response", Field: "status"},
+	{Const: "off_bufio_buf", Struct: "bufio.Reader", Field: "buf"},
+	{Const: "off_bufio_r", Struct: "bufio.Reader", Field: "r"},
+}
+
+// tracepoints: process exits, so the maps of a process are swept.
+var tracepoints = []bpfprobe.Tracepoint{
+	{Group: "sched", Name: "sched_process_exit", Program: httpProgZtHttpExit, Optional: true},
+}

@@ -1,0 +1,208 @@
+package http
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/zerotel/zerotel/internal/bpfprobe"
+	"github.com/zerotel/zerotel/internal/goinspect"
+	"github.com/zerotel/zerotel/internal/goprobe"
+	"github.com/zerotel/zerotel/internal/kclock"
+)
+
+// Kind tells a server span from a client span.
+type Kind string
+
+const (
+	Server Kind = "server"
+	Client Kind = "client"
+)
+
+// Event is one HTTP request served or made by a traced process.
+type Event struct {
+	Kind         Kind          `json:"kind"`
+	PID          uint32        `json:"pid"`
+	Start        time.Time     `json:"start"`
+	End          time.Time     `json:"end"`
+	TraceID      trace.TraceID `json:"trace_id"`
+	SpanID       trace.SpanID  `json:"span_id"`
+	Parent       trace.SpanID  `json:"parent_span_id"`
+	ParentRemote bool          `json:"parent_remote,omitempty"` // parent from a traceparent header
+	Sampled      bool          `json:"sampled"`
+	Method       string        `json:"method"`
+	Scheme       string        `json:"scheme,omitempty"`
+	Host         string        `json:"host,omitempty"` // server: Host header; client: URL host
+	Path         string        `json:"path,omitempty"`
+	Query        string        `json:"query,omitempty"`
+	Pattern      string        `json:"pattern,omitempty"` // ServeMux pattern, e.g. "GET /users/{id}"
+	Peer         string        `json:"peer,omitempty"`    // server: the client's address
+	UserAgent    string        `json:"user_agent,omitempty"`
+	Proto        string        `json:"proto,omitempty"` // "1.1"
+	Status       int           `json:"status"`
+}
+
+// Duration is how long the request took.
+func (e *Event) Duration() time.Duration { return e.End.Sub(e.Start) }
+
+// Tracer is the http probe family attached to one Go binary.
+type Tracer struct {
+	Binary *goinspect.Binary
+	family *bpfprobe.Family
+}
+
+// Sampling is the kernel-side sampler: Ratio of root traces kept; with
+// ParentBased an incoming traceparent's sampled flag decides instead.
+type Sampling struct {
+	Ratio       float64
+	ParentBased bool
+}
+
+// Attach loads the http probes for t. Problems that leave some probes
+// working are returned as warnings; an error means nothing is traced.
+func Attach(t goprobe.Target, s Sampling) (*Tracer, []error, error) {
+	if err := checkLayout(t.Binary); err != nil {
+		return nil, nil, err
+	}
+	spec, err := loadHttp()
+	if err != nil {
+		return nil, nil, fmt.Errorf("net/http: %w", err)
+	}
+	if err := setSampling(spec, s); err != nil {
+		return nil, nil, err
+	}
+	fam, warnings, err := goprobe.Load("net/http", t, spec, fields, uprobes, tracepoints)
+	if err != nil {
+		return nil, warnings, err
+	}
+	return &Tracer{Binary: t.Binary, family: fam}, warnings, nil
+}
+
+// checkLayout verifies what readTransfer's probe relies on to tell a
+// *Response from a *Request: StatusCode and URL share an offset.
+func checkLayout(bin *goinspect.Binary) error {
+	a, errA := bin.FieldOffset("net/http.Response", "StatusCode")
+	b, errB := bin.FieldOffset("net/http.Request", "URL")
+	if errA == nil && errB == nil && a != b {
+		return fmt.Errorf("%s (Go %s): net/http.Response.StatusCode (%d) and Request.URL (%d) no longer share an offset: this Go version needs a zerotel update",
+			bin.Path, bin.GoVersion, a, b)
+	}
+	return nil
+}
+
+func setSampling(spec *ebpf.CollectionSpec, s Sampling) error {
+	bound := ^uint64(0)
+	if s.Ratio < 1 {
+		bound = uint64(max(s.Ratio, 0) * (1 << 63))
+	}
+	if err := spec.Variables["sample_bound"].Set(bound); err != nil {
+		return err
+	}
+	return spec.Variables["parent_based"].Set(s.ParentBased)
+}
+
+// Close detaches everything.
+func (t *Tracer) Close() error { return t.family.Close() }
+
+// Run hands each request to handle until ctx is done, and sweeps the maps
+// of processes that exit.
+func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
+	var rec httpHttpEvent
+	return t.family.ReadEvents(ctx, httpMapEvents, func(raw []byte) {
+		if err := bpfprobe.Decode(raw, &rec, len(raw)); err != nil {
+			return
+		}
+		if rec.Kind == httpHttpKindHTTP_PROCESS_EXIT {
+			t.sweep(rec.Pid)
+			return
+		}
+		handle(decode(&rec))
+	})
+}
+
+func decode(r *httpHttpEvent) *Event {
+	e := &Event{
+		Kind:         Server,
+		PID:          r.Pid,
+		Start:        kclock.Time(r.StartNs),
+		End:          kclock.Time(r.EndNs),
+		TraceID:      r.TraceId,
+		SpanID:       r.SpanId,
+		Parent:       r.ParentSpanId,
+		ParentRemote: r.ParentRemote != 0,
+		Sampled:      r.Sampled != 0,
+		Method:       bpfprobe.CString(r.Method[:]),
+		Scheme:       bpfprobe.CString(r.Scheme[:]),
+		Host:         bpfprobe.CString(r.Host[:]),
+		Path:         bpfprobe.CString(r.Path[:]),
+		Query:        bpfprobe.CString(r.Query[:]),
+		Pattern:      bpfprobe.CString(r.Route[:]),
+		Peer:         bpfprobe.CString(r.Peer[:]),
+		Status:       int(r.Status),
+	}
+	if r.Kind == httpHttpKindHTTP_CLIENT {
+		e.Kind = Client
+		return e
+	}
+	if e.Scheme = "http"; r.Tls != 0 {
+		e.Scheme = "https"
+	}
+	if r.ProtoMajor != 0 {
+		e.Proto = fmt.Sprintf("%d.%d", r.ProtoMajor, r.ProtoMinor)
+	}
+	// The kernel copied the header line's tail: the value ends at CR or LF.
+	ua := bpfprobe.CString(r.UserAgent[:])
+	if i := strings.IndexAny(ua, "\r\n"); i >= 0 {
+		ua = ua[:i]
+	}
+	e.UserAgent = ua
+	return e
+}
+
+// sweep deletes what a process that exited left in the in-flight maps
+// (requests it never finished).
+func (t *Tracer) sweep(pid uint32) {
+	for _, name := range []string{httpMapServers, httpMapClients} {
+		m := t.family.Coll.Maps[name]
+		for _, k := range keys(m) {
+			if binary.LittleEndian.Uint32(k[:4]) == pid {
+				_ = m.Delete(k)
+			}
+		}
+	}
+}
+
+// keys lists a hash map's keys (collected first: deleting while walking
+// would restart the walk).
+func keys(m *ebpf.Map) [][]byte {
+	var out [][]byte
+	var cur []byte
+	for {
+		next := make([]byte, m.KeySize())
+		var err error
+		if cur == nil {
+			err = m.NextKey(nil, next)
+		} else {
+			err = m.NextKey(cur, next)
+		}
+		if err != nil {
+			return out
+		}
+		out = append(out, next)
+		cur = next
+	}
+}
+
+// MapEntries counts the entries of the in-flight maps, for tests and health.
+func (t *Tracer) MapEntries() map[string]int {
+	counts := map[string]int{}
+	for _, name := range []string{httpMapServers, httpMapClients, httpMapActive} {
+		counts[name] = len(keys(t.family.Coll.Maps[name]))
+	}
+	return counts
+}
