@@ -209,8 +209,11 @@ func (h *heldCommand) release(ctx context.Context) error {
 	select {
 	case err = <-done:
 	case <-ctx.Done():
+		// zerotel was told to stop (signal or --duration): stop the program
+		// too; that is a normal end, not its failure.
 		h.cmd.Process.Signal(syscall.SIGTERM)
-		err = <-done
+		<-done
+		return nil
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
