@@ -55,6 +55,11 @@ func TestBadInputIsAClearError(t *testing.T) {
 		{[]string{"trace", "exec", "--output", "xml"}, `unknown output format "xml"`},
 		{[]string{"trace", "exec", "--duration", "soon"}, `invalid argument "soon"`},
 		{[]string{"trace", "exec", "extra"}, `unknown command "extra"`},
+		{[]string{"run", "--exe", "/nonexistent/zt"}, "--exe /nonexistent/zt: stat /nonexistent/zt: no such file or directory"},
+		{[]string{"run", "--pid", "999999999"}, "--pid 999999999: no such process"},
+		{[]string{"run"}, "nothing to trace: give --exe PATH, --pid N or -- COMMAND"},
+		{[]string{"run", "somearg"}, "put the command to start after --"},
+		{[]string{"run", "--", "/nonexistent/zt"}, `cannot run "/nonexistent/zt"`},
 	} {
 		code, out := run(t, nil, tc.args...)
 		if code != 2 || !strings.Contains(out, tc.want) {

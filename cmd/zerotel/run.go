@@ -62,6 +62,16 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 	if len(o.exes) == 0 && len(o.pids) == 0 && len(command) == 0 {
 		return &exitError{code: 2, err: errors.New("nothing to trace: give --exe PATH, --pid N or -- COMMAND (see zerotel run --help)")}
 	}
+	for _, exe := range o.exes {
+		if _, err := os.Stat(exe); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("--exe %s: %w", exe, err)}
+		}
+	}
+	for _, pid := range o.pids {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("--pid %d: no such process", pid)}
+		}
+	}
 	if err := checkPrivileges(); err != nil {
 		return err
 	}
