@@ -24,7 +24,7 @@ type exportOptions struct {
 }
 
 func (o *exportOptions) addFlags(f *pflag.FlagSet) {
-	f.StringVarP(&o.output, "output", "o", output.Table, "output format: table or json (one object per line)")
+	f.StringVarP(&o.output, "output", "o", output.Table, "output format: table, json (one object per line) or none (export only)")
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long (default: until SIGINT/SIGTERM)")
 	f.StringVar(&o.tel.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics here, e.g. :9464 (localhost) or 0.0.0.0:9464")
 	f.StringVar(&o.tel.OTLPEndpoint, "otlp-endpoint", "", "send spans and metrics over OTLP here (default $OTEL_EXPORTER_OTLP_ENDPOINT; off when unset)")

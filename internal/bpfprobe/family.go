@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -127,10 +129,17 @@ func (f *Family) ReadEvents(ctx context.Context, ringName string, handle func(ra
 	defer stop()
 	defer rd.Close()
 
+	// The BPF side wakes the reader only for a batch (zerotel.h): drain
+	// every DrainInterval anyway, so a quiet ring is read within that time.
 	var rec ringbuf.Record
+	rd.SetDeadline(time.Now().Add(DrainInterval))
 	for {
 		if err := rd.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				rd.SetDeadline(time.Now().Add(DrainInterval))
+				continue
+			case errors.Is(err, ringbuf.ErrClosed):
 				return nil
 			}
 			return fmt.Errorf("%s: read ring buffer: %w", f.Name, err)
@@ -139,3 +148,6 @@ func (f *Family) ReadEvents(ctx context.Context, ringName string, handle func(ra
 		handle(rec.RawSample)
 	}
 }
+
+// DrainInterval bounds how long an event waits in a quiet ring buffer.
+const DrainInterval = 100 * time.Millisecond

@@ -16,6 +16,7 @@ import (
 const (
 	Table = "table"
 	JSON  = "json"
+	None  = "none" // nothing on stdout: export only (OTLP, Prometheus)
 )
 
 // Writer writes events in one format. Safe for concurrent use.
@@ -24,6 +25,7 @@ type Writer struct {
 	bw     *bufio.Writer
 	enc    *json.Encoder // nil for the table
 	header string
+	none   bool
 }
 
 // New returns a writer for format; header is the table's first line.
@@ -34,12 +36,17 @@ func New(w io.Writer, format, header string) (*Writer, error) {
 		return &Writer{bw: bw, header: header}, nil
 	case JSON:
 		return &Writer{bw: bw, enc: json.NewEncoder(bw)}, nil
+	case None:
+		return &Writer{bw: bw, none: true}, nil
 	}
-	return nil, fmt.Errorf("unknown output format %q: use %q or %q", format, Table, JSON)
+	return nil, fmt.Errorf("unknown output format %q: use %q, %q or %q", format, Table, JSON, None)
 }
 
 // Write writes v as JSON, or the line row() returns as a table row.
 func (w *Writer) Write(v any, row func() string) {
+	if w.none {
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.enc != nil {

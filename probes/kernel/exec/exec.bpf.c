@@ -194,7 +194,7 @@ static __always_inline void emit_exec(struct exec_event *e)
 	__u64 size = offsetof(struct exec_event, args) + (e->args_len & (EXEC_ARGS_BUF - 1));
 	if (e->args_len >= EXEC_ARGS_BUF)
 		size = sizeof(*e);
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	if (bpf_ringbuf_output(&events, e, size, ringbuf_wakeup_flags(&events)))
 		count_lost();
 }
 
@@ -266,7 +266,7 @@ int zt_proc_exit(void *ctx)
 	e->start_ns = *start;
 	e->end_ns = bpf_ktime_get_boot_ns();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
 	bpf_map_delete_elem(&running, &pid);
 	return 0;
 }

@@ -37,14 +37,11 @@ type httpHttpEvent struct {
 	Tls          uint8
 	Pad          [1]uint8
 	Status       uint16
-	Method       [16]int8
-	Scheme       [8]int8
-	Path         [256]int8
-	Route        [128]int8
-	Host         [128]int8
-	Query        [128]int8
-	Peer         [64]int8
-	UserAgent    [128]int8
+	StrOff       [8]uint16
+	StrLen       [8]uint16
+	DataLen      uint16
+	Pad2         [6]uint8
+	Data         [1280]int8
 }
 
 type httpHttpKind uint32
@@ -55,10 +52,38 @@ const (
 	httpHttpKindHTTP_PROCESS_EXIT httpHttpKind = 3
 )
 
+type httpHttpStr uint32
+
+const (
+	httpHttpStrSTR_METHOD     httpHttpStr = 0
+	httpHttpStrSTR_SCHEME     httpHttpStr = 1
+	httpHttpStrSTR_HOST       httpHttpStr = 2
+	httpHttpStrSTR_PATH       httpHttpStr = 3
+	httpHttpStrSTR_QUERY      httpHttpStr = 4
+	httpHttpStrSTR_ROUTE      httpHttpStr = 5
+	httpHttpStrSTR_PEER       httpHttpStr = 6
+	httpHttpStrSTR_USER_AGENT httpHttpStr = 7
+	httpHttpStrSTR_COUNT      httpHttpStr = 8
+)
+
 type httpScratch struct {
 	_   structs.HostLayout
 	Ev  httpHttpEvent
+	Req httpServerReq
+	Obj [272]int8
 	Hdr [2240]int8
+}
+
+type httpServerReq struct {
+	_            structs.HostLayout
+	StartNs      uint64
+	TraceId      [16]uint8
+	SpanId       [8]uint8
+	ParentSpanId [8]uint8
+	Sampled      uint8
+	ParentRemote uint8
+	Pad          [6]uint8
+	UserAgent    [128]int8
 }
 
 // Names of all BPF objects in the ELF.
@@ -102,6 +127,7 @@ const (
 	httpVarParentBased          = "parent_based"
 	httpVarSampleBound          = "sample_bound"
 	httpVarUnusedHttpEvent      = "unused_http_event"
+	httpVarUnusedHttpStr        = "unused_http_str"
 )
 
 // loadHttp returns the embedded CollectionSpec for http.
@@ -195,6 +221,7 @@ type httpVariableSpecs struct {
 	ParentBased       *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound       *ebpf.VariableSpec `ebpf:"sample_bound"`
 	UnusedHttpEvent   *ebpf.VariableSpec `ebpf:"unused_http_event"`
+	UnusedHttpStr     *ebpf.VariableSpec `ebpf:"unused_http_str"`
 }
 
 // httpObjects contains all objects after they have been loaded into the kernel.
@@ -267,6 +294,7 @@ type httpVariables struct {
 	ParentBased       *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound       *ebpf.Variable `ebpf:"sample_bound"`
 	UnusedHttpEvent   *ebpf.Variable `ebpf:"unused_http_event"`
+	UnusedHttpStr     *ebpf.Variable `ebpf:"unused_http_str"`
 }
 
 // httpPrograms contains all programs after they have been loaded into the kernel.

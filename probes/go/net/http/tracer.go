@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"go.opentelemetry.io/otel/trace"
@@ -125,6 +126,15 @@ func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 	})
 }
 
+// str returns string field f from the record's packed data.
+func str(r *httpHttpEvent, f httpHttpStr) string {
+	off, n := int(r.StrOff[f]), int(r.StrLen[f])
+	if n == 0 || off+n > len(r.Data) {
+		return ""
+	}
+	return string(unsafe.Slice((*byte)(unsafe.Pointer(&r.Data[off])), n))
+}
+
 func decode(r *httpHttpEvent) *Event {
 	e := &Event{
 		Kind:         Server,
@@ -136,13 +146,13 @@ func decode(r *httpHttpEvent) *Event {
 		Parent:       r.ParentSpanId,
 		ParentRemote: r.ParentRemote != 0,
 		Sampled:      r.Sampled != 0,
-		Method:       bpfprobe.CString(r.Method[:]),
-		Scheme:       bpfprobe.CString(r.Scheme[:]),
-		Host:         bpfprobe.CString(r.Host[:]),
-		Path:         bpfprobe.CString(r.Path[:]),
-		Query:        bpfprobe.CString(r.Query[:]),
-		Pattern:      bpfprobe.CString(r.Route[:]),
-		Peer:         bpfprobe.CString(r.Peer[:]),
+		Method:       str(r, httpHttpStrSTR_METHOD),
+		Scheme:       str(r, httpHttpStrSTR_SCHEME),
+		Host:         str(r, httpHttpStrSTR_HOST),
+		Path:         str(r, httpHttpStrSTR_PATH),
+		Query:        str(r, httpHttpStrSTR_QUERY),
+		Pattern:      str(r, httpHttpStrSTR_ROUTE),
+		Peer:         str(r, httpHttpStrSTR_PEER),
 		Status:       int(r.Status),
 	}
 	if r.Kind == httpHttpKindHTTP_CLIENT {
@@ -153,15 +163,22 @@ func decode(r *httpHttpEvent) *Event {
 		e.Scheme = "https"
 	}
 	if r.ProtoMajor != 0 {
-		e.Proto = fmt.Sprintf("%d.%d", r.ProtoMajor, r.ProtoMinor)
+		e.Proto = protoVersion(r.ProtoMajor, r.ProtoMinor)
 	}
-	// The kernel copied the header line's tail: the value ends at CR or LF.
-	ua := bpfprobe.CString(r.UserAgent[:])
-	if i := strings.IndexAny(ua, "\r\n"); i >= 0 {
+	// The kernel copied the header line's rest: the value ends at CR or LF.
+	ua := str(r, httpHttpStrSTR_USER_AGENT)
+	if i := strings.IndexAny(ua, "\r\n\x00"); i >= 0 {
 		ua = ua[:i]
 	}
 	e.UserAgent = ua
 	return e
+}
+
+func protoVersion(major, minor uint8) string {
+	if major == 1 && minor == 1 {
+		return "1.1" // nearly always: no formatting per request
+	}
+	return fmt.Sprintf("%d.%d", major, minor)
 }
 
 // sweep deletes what a process that exited left in the in-flight maps
