@@ -128,7 +128,9 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 				if !e.Sampled {
 					return
 				}
-				s.tel.Emit(e.Span())
+				if s.tel.TracesEnabled() {
+					s.tel.Emit(e.Span())
+				}
 				s.out.Write(e, func() string { return httpRow(e) })
 			})
 		})

@@ -24,6 +24,10 @@ type Span struct {
 	ParentRemote bool         // the parent came from another process (traceparent)
 }
 
+// TracesEnabled reports whether spans are exported: when not, callers can
+// skip building them.
+func (t *Telemetry) TracesEnabled() bool { return t.queue != nil }
+
 // Emit queues a span for export without ever blocking the caller; when the
 // queue is full the span is dropped and counted.
 func (t *Telemetry) Emit(s Span) {

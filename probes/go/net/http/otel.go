@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -118,7 +119,24 @@ func (e *Event) Span() telemetry.Span {
 // Metrics records the semantic-convention request duration histograms.
 type Metrics struct {
 	server, client metric.Float64Histogram
+
+	// Attribute sets by request shape: building a set sorts and allocates,
+	// and a service sees few shapes, so each is built once.
+	mu   sync.Mutex
+	sets map[shape]metric.MeasurementOption
 }
+
+// shape is what a request's metric attributes derive from.
+type shape struct {
+	kind                        Kind
+	method, scheme, route, host string
+	proto                       string
+	status                      int
+}
+
+// maxShapes bounds the cache: past it (a cardinality problem anyway)
+// sets are built per request.
+const maxShapes = 10000
 
 // durationBuckets are the semantic conventions' advice for HTTP durations.
 var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
@@ -135,27 +153,49 @@ func NewMetrics(m metric.Meter) (*Metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Metrics{server: srv, client: cli}, nil
+	return &Metrics{server: srv, client: cli, sets: map[shape]metric.MeasurementOption{}}, nil
 }
 
 // Record adds one request, sampled or not.
 func (m *Metrics) Record(ctx context.Context, e *Event) {
-	attrs := append(e.method(), semconv.HTTPResponseStatusCode(e.Status), semconv.URLScheme(e.Scheme))
-	if e.failed() {
-		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(e.Status)))
+	k := shape{kind: e.Kind, method: e.Method, scheme: e.Scheme, status: e.Status}
+	if e.Kind == Server {
+		k.route, k.proto = e.Route(), e.Proto
+	} else {
+		k.host = e.Host
 	}
+	m.mu.Lock()
+	set, ok := m.sets[k]
+	if !ok {
+		set = metric.WithAttributeSet(attribute.NewSet(k.attributes()...))
+		if len(m.sets) < maxShapes {
+			m.sets[k] = set
+		}
+	}
+	m.mu.Unlock()
 	h := m.client
 	if e.Kind == Server {
 		h = m.server
-		if r := e.Route(); r != "" {
-			attrs = append(attrs, semconv.HTTPRoute(r))
+	}
+	h.Record(ctx, e.Duration().Seconds(), set)
+}
+
+func (k shape) attributes() []attribute.KeyValue {
+	e := Event{Kind: k.kind, Method: k.method, Status: k.status}
+	attrs := append(e.method(), semconv.HTTPResponseStatusCode(k.status), semconv.URLScheme(k.scheme))
+	if e.failed() {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
+	}
+	if k.kind == Server {
+		if k.route != "" {
+			attrs = append(attrs, semconv.HTTPRoute(k.route))
 		}
-		if e.Proto != "" {
-			attrs = append(attrs, semconv.NetworkProtocolName("http"), semconv.NetworkProtocolVersion(e.Proto))
+		if k.proto != "" {
+			attrs = append(attrs, semconv.NetworkProtocolName("http"), semconv.NetworkProtocolVersion(k.proto))
 		}
 	} else {
-		host, port := hostPort(e.Host, e.Scheme)
+		host, port := hostPort(k.host, k.scheme)
 		attrs = append(attrs, semconv.ServerAddress(host), semconv.ServerPort(port))
 	}
-	h.Record(ctx, e.Duration().Seconds(), metric.WithAttributes(attrs...))
+	return attrs
 }
