@@ -12,5 +12,9 @@ make check-generate
 echo "== go vet"
 go vet ./...
 
+echo "== build bin/jaeger (tools/jaeger module) for the end-to-end test"
+(cd tools/jaeger && go build -o ../../bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger)
+export ZEROTEL_E2E_JAEGER=1
+
 echo "== go test (root: real kernel, real processes)"
 go test -count=1 ./...

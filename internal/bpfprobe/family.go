@@ -125,27 +125,38 @@ func (f *Family) ReadEvents(ctx context.Context, ringName string, handle func(ra
 	if err != nil {
 		return fmt.Errorf("%s: open ring buffer: %w", f.Name, err)
 	}
-	stop := context.AfterFunc(ctx, func() { rd.Close() })
-	defer stop()
 	defer rd.Close()
+	// When ctx ends, wake a waiting read; what is still in the ring is then
+	// drained once more before returning, so the last events of a process
+	// that just exited are not lost.
+	stop := context.AfterFunc(ctx, func() { rd.SetDeadline(time.Now()) })
+	defer stop()
 
 	// The BPF side wakes the reader only for a batch (zerotel.h): drain
 	// every DrainInterval anyway, so a quiet ring is read within that time.
 	var rec ringbuf.Record
 	rd.SetDeadline(time.Now().Add(DrainInterval))
+	finalPass := false
 	for {
-		if err := rd.ReadInto(&rec); err != nil {
-			switch {
-			case errors.Is(err, os.ErrDeadlineExceeded):
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			f.read.Add(1)
+			handle(rec.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if ctx.Err() == nil {
 				rd.SetDeadline(time.Now().Add(DrainInterval))
-				continue
-			case errors.Is(err, ringbuf.ErrClosed):
+			} else if finalPass {
 				return nil
+			} else {
+				finalPass = true
+				rd.SetDeadline(time.Now())
 			}
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
 			return fmt.Errorf("%s: read ring buffer: %w", f.Name, err)
 		}
-		f.read.Add(1)
-		handle(rec.RawSample)
 	}
 }
 
