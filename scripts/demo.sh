@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs zerotel on this machine with live output: every
-# process start and every TCP connection on the host, while a small loop
-# generates some of both. Stops after DURATION (default 30s) or Ctrl-C.
+# Sets up, builds and runs zerotel on this machine with live output, while a
+# small loop generates activity:
+#   [http]  spans of a sample Go HTTP service (two instances: /fanout calls the
+#           other), traced with zero code changes by `zerotel run`
+#   [tcp]   every TCP connection on the host, when it closes
+#   [exec]  every process start on the host
+# Stops after DURATION (default 30s) or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,22 +13,27 @@ export PATH=$PATH:/usr/local/go/bin
 DURATION=${DURATION:-30s}
 
 make build
-go build -o bin/tcppeer ./testdata/tcppeer
+go build -o bin/httpserver ./testdata/httpserver
+go build -o bin/httpclient ./testdata/httpclient
 
-bin/zerotel trace exec --duration "$DURATION" | sed -u 's/^/[exec] /' &
+# The backend runs first; the front service is started by zerotel itself.
+bin/httpserver -addr 127.0.0.1:18081 >/dev/null &
+backend=$!
+bin/zerotel run --duration "$DURATION" -- bin/httpserver -addr 127.0.0.1:18080 -backend http://127.0.0.1:18081 \
+	2> >(grep -v "listening on" >&2) | sed -u 's/^/[http] /' &
 bin/zerotel trace tcp --duration "$DURATION" | sed -u 's/^/[tcp]  /' &
-trap 'kill $(jobs -p) 2>/dev/null; wait' INT TERM
+bin/zerotel trace exec --duration "$DURATION" | sed -u 's/^/[exec] /' &
+trap 'kill $(jobs -p) 2>/dev/null; wait' INT TERM EXIT
 sleep 2
 
-# Activity: a loopback exchange and a couple of short commands every second.
+# Light load: a few requests a second, one of which fans out to the backend.
 end=$((SECONDS + ${DURATION%s}))
-while [ $SECONDS -lt $end ] && [ -n "$(jobs -rp)" ]; do
-	bin/tcppeer server 127.0.0.1:0 300 4000 | {
-		read -r listen
-		bin/tcppeer client "${listen#listen=}" 300 4000 >/dev/null
-		cat >/dev/null
-	} || true
-	ls / >/dev/null
+i=0
+while [ $SECONDS -lt $end ]; do
+	i=$((i + 1))
+	bin/httpclient GET "http://127.0.0.1:18080/users/$i" GET http://127.0.0.1:18080/fanout \
+		POST http://127.0.0.1:18080/items "order $i" GET http://127.0.0.1:18080/nope >/dev/null || true
 	sleep 1
 done
+kill "$backend" 2>/dev/null || true
 wait
