@@ -30,8 +30,7 @@ struct tcp_conn {
 	__u32 pid;
 	__u8 direction;
 	__u8 established;
-	__u8 fin_received; // the peer's FIN took one sequence number
-	__u8 _pad;
+	__u8 _pad[2];
 	char comm[16];
 };
 
@@ -91,7 +90,9 @@ static __always_inline void emit_close(struct trace_event_raw_inet_sock_set_stat
 	// which includes the peer's FIN. bytes_acked would count SYN and FIN.
 	e->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
 	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
-	if (c->fin_received && e->bytes_received > 0)
+	// The peer's FIN took one sequence number; tcp_fin() marks it SOCK_DONE.
+	unsigned long flags = BPF_CORE_READ(&tp->inet_conn.icsk_inet.sk, __sk_common.skc_flags);
+	if ((flags & (1UL << SOCK_DONE)) && e->bytes_received > 0)
 		e->bytes_received--;
 	e->pid = c->pid;
 	e->error = BPF_CORE_READ(&tp->inet_conn.icsk_inet.sk, sk_err);
@@ -143,20 +144,12 @@ int zt_tcp_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	case TCP_ESTABLISHED:
 		c->established = 1;
 		return 0;
-	case TCP_CLOSE_WAIT: // the peer closed first
-	case TCP_CLOSING:    // both closed at once
-		c->fin_received = 1;
-		return 0;
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
 		if (c->pid == 0) // close() by the owner, accept() was not seen
 			set_owner(c);
 		return 0;
 	case TCP_CLOSE:
-		// FIN_WAIT2 ends (through TIME_WAIT) when the peer's FIN arrives;
-		// the FIN_WAIT2 timeout, without a FIN, is the rare exception.
-		if (ctx->oldstate == TCP_FIN_WAIT2)
-			c->fin_received = 1;
 		// An inbound socket that never got established was never a connection.
 		if (c->established || c->direction == TCP_DIR_CONNECT)
 			emit_close(ctx, key, c);

@@ -19,8 +19,7 @@ type tcpTcpConn struct {
 	Pid         uint32
 	Direction   uint8
 	Established uint8
-	FinReceived uint8
-	Pad         uint8
+	Pad         [2]uint8
 	Comm        [16]int8
 }
 
