@@ -27,6 +27,9 @@ type Uprobe struct {
 	AtJump  string   // bool constant: the probe sits on the stack-check jump
 	Needs   []string // offset constants the program reads
 	Does    string   // what the probe marks, for messages
+	// Lazy probes are resolved and loaded but attached only on request
+	// (Probes.AttachLazy), when the family finds it needs them.
+	Lazy bool
 }
 
 // Field declares one struct field offset a family's programs read.
@@ -45,15 +48,30 @@ type Target struct {
 	PID    int // 0: every process running this binary, now and later
 }
 
+// Probes is a family loaded for one Go binary.
+type Probes struct {
+	*bpfprobe.Family
+	target Target
+	ex     *link.Executable
+	lazy   map[string]placed // by symbol, until attached
+}
+
+type placed struct {
+	Uprobe
+	pp goinspect.ProbePoint
+}
+
 // Load resolves fields and probe points in the target binary, loads spec
-// with them as constants, and attaches the uprobes and tracepoints. It
-// fails only if no uprobe at all could be attached; otherwise the returned
-// errors say what is missing.
-func Load(name string, t Target, spec *ebpf.CollectionSpec, fields []Field, uprobes []Uprobe, tracepoints []bpfprobe.Tracepoint) (*bpfprobe.Family, []error, error) {
+// with them as constants (plus consts, the family's own), and attaches the
+// uprobes and tracepoints. It fails only if no uprobe at all could be
+// attached; otherwise the returned errors say what is missing.
+func Load(name string, t Target, spec *ebpf.CollectionSpec, consts map[string]any, fields []Field, uprobes []Uprobe, tracepoints []bpfprobe.Tracepoint) (*Probes, []error, error) {
 	bin := t.Binary
 	var problems []error
 	missing := map[string]error{}
-	consts := map[string]any{}
+	if consts == nil {
+		consts = map[string]any{}
+	}
 	for _, f := range fields {
 		off, err := bin.FieldOffset(f.Struct, f.Field)
 		if err != nil {
@@ -70,10 +88,6 @@ func Load(name string, t Target, spec *ebpf.CollectionSpec, fields []Field, upro
 		}
 	}
 
-	type placed struct {
-		Uprobe
-		pp goinspect.ProbePoint
-	}
 	var todo []placed
 	for _, u := range uprobes {
 		if err := firstMissing(u, missing); err != nil {
@@ -116,23 +130,45 @@ func Load(name string, t Target, spec *ebpf.CollectionSpec, fields []Field, upro
 		fam.Close()
 		return nil, problems, fmt.Errorf("%s: %w", bin.Path, err)
 	}
+	p := &Probes{Family: fam, target: t, ex: ex, lazy: map[string]placed{}}
 	attached := 0
-	for _, p := range todo {
-		prog := fam.Coll.Programs[p.Program]
-		l, err := ex.Uprobe(p.Symbol, prog, &link.UprobeOptions{Address: p.pp.Offset, PID: t.PID})
-		if err != nil {
-			problems = append(problems, fmt.Errorf("%s: attach %s probe at %s+%#x: %w", bin.Path, p.Does, p.Symbol, p.pp.Offset-p.pp.Func.Offset, err))
+	for _, u := range todo {
+		if u.Lazy {
+			p.lazy[u.Symbol] = u
 			continue
 		}
-		fam.AddLink(l)
+		if err := p.attach(u); err != nil {
+			problems = append(problems, err)
+			continue
+		}
 		attached++
-		slog.Debug("uprobe attached", "binary", bin.Path, "symbol", p.Symbol, "instruction", p.pp.Instruction, "kind", p.pp.Kind)
 	}
 	if attached == 0 {
 		fam.Close()
 		return nil, problems, fmt.Errorf("%s: no %s probe could be attached: %w", bin.Path, name, errors.Join(problems...))
 	}
-	return fam, problems, nil
+	return p, problems, nil
+}
+
+func (p *Probes) attach(u placed) error {
+	bin := p.target.Binary
+	l, err := p.ex.Uprobe(u.Symbol, p.Coll.Programs[u.Program], &link.UprobeOptions{Address: u.pp.Offset, PID: p.target.PID})
+	if err != nil {
+		return fmt.Errorf("%s: attach %s probe at %s+%#x: %w", bin.Path, u.Does, u.Symbol, u.pp.Offset-u.pp.Func.Offset, err)
+	}
+	p.AddLink(l)
+	slog.Debug("uprobe attached", "binary", bin.Path, "symbol", u.Symbol, "instruction", u.pp.Instruction, "kind", u.pp.Kind)
+	return nil
+}
+
+// AttachLazy attaches the lazy probe on symbol, once; later calls do nothing.
+func (p *Probes) AttachLazy(symbol string) error {
+	u, ok := p.lazy[symbol]
+	if !ok {
+		return nil
+	}
+	delete(p.lazy, symbol)
+	return p.attach(u)
 }
 
 func firstMissing(u Uprobe, missing map[string]error) error {

@@ -3,13 +3,16 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // HTTP/1.x server and client spans from unmodified Go binaries (net/http).
 //
-// Probe hits per traced operation (each on the JBE after the stack check,
-// an instruction the kernel emulates: ~0.8 us, not the ~11 us of a
-// single-stepped one):
-//   server request: 2  readTransfer (request headers parsed: start)
-//                      (*response).finishRequest (handler done: end)
-//   client request: 2  (*Transport).roundTrip (start)
-//                      readTransfer (response headers parsed: end)
+// Probe hits per traced operation (uprobes on the JBE after the stack
+// check, an instruction the kernel emulates: ~0.8 us in a loop, several us
+// under load, not the ~11 us of a single-stepped one):
+//   server request: 1 uprobe   (*response).finishRequest (handler done: end)
+//                   + the syscalls:sys_exit_read tracepoint of its read()
+//                     (request bytes arrive: start, trace context)
+//   over TLS:       2 uprobes  + readTransfer (request parsed: start),
+//                     attached once a TLS request is seen
+//   client request: 2 uprobes  (*Transport).roundTrip (start)
+//                              ReadResponse (response arrives: end)
 // No return probes: Go moves goroutine stacks, which breaks uretprobes.
 //
 // In-flight state lives in LRU maps keyed by process and goroutine id
@@ -50,6 +53,7 @@ enum http_kind {
 	HTTP_SERVER = 1,
 	HTTP_CLIENT = 2,
 	HTTP_PROCESS_EXIT = 3, // a traced process exited: sweep its map entries
+	HTTP_NEED_START = 4,   // a request had no start (TLS): attach readTransfer
 };
 
 struct trace_ctx {
@@ -118,8 +122,6 @@ volatile const __u64 off_url_scheme;
 volatile const __u64 off_url_host;
 volatile const __u64 off_url_path;
 volatile const __u64 off_url_raw_query;
-volatile const __u64 off_resp_status_code;
-volatile const __u64 off_resp_request;
 volatile const __u64 off_rw_req;
 volatile const __u64 off_rw_status;
 volatile const __u64 off_bufio_buf;
@@ -128,6 +130,11 @@ volatile const bool has_pattern;       // Request.Pattern exists (Go >= 1.23)
 volatile const bool jump_read_transfer; // probe sits on the stack-check JBE
 volatile const bool jump_finish_request;
 volatile const bool jump_round_trip;
+volatile const bool jump_read_response;
+// The traced executable, so processes that start it later are watched too
+// (0: only the pids user space puts in traced).
+volatile const __u64 target_ino;
+volatile const __u32 target_dev;
 
 // Sampling, decided here so unsampled requests cost no span work:
 // root spans are sampled when the trace id (bytes 8..16, big endian, >> 1)
@@ -166,6 +173,32 @@ struct {
 	__type(value, struct http_event);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } clients SEC(".maps");
+
+// Processes whose read() calls are watched for requests: the traced pid,
+// or every process running the traced executable (see zt_http_exec).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} traced SEC(".maps");
+
+// The first byte of a request that a 1-byte read took, by process and fd.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct go_key);
+	__type(value, __u8);
+} split SEC(".maps");
+
+// Set once a TLS request was served without a start: user space then
+// attaches the readTransfer probe.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} need_start SEC(".maps");
 
 // Processes that hit a probe, so their exit can be reported.
 struct {
@@ -307,6 +340,7 @@ static __always_inline bool parse_traceparent(const char *p, struct server_req *
 struct hdr_scan {
 	struct scratch *s;
 	__u32 len;
+	__u32 first_nl; // index of the first '\n': the end of the request line
 	bool found_tp;
 };
 
@@ -332,6 +366,8 @@ static long scan_word(__u32 w, struct hdr_scan *sc)
 		__u32 i = (base + k) & (HDR_MAX - 1);
 		if (s->hdr[i] != '\n')
 			continue;
+		if (!sc->first_nl)
+			sc->first_nl = base + k;
 		const char *l = &s->hdr[i + 1];
 		char c0 = lower(l[0]);
 		if (c0 == 't' && !sc->found_tp && lower(l[1]) == 'r' && lower(l[2]) == 'a' &&
@@ -359,58 +395,46 @@ static long scan_word(__u32 w, struct hdr_scan *sc)
 
 /* ---- server ---- */
 
-// readTransfer(msg any, r *bufio.Reader) runs once the headers of an
-// incoming request (server) or of a response (client) are parsed.
-SEC("uprobe/readTransfer")
-int zt_http_read_transfer(struct pt_regs *regs)
+// The first 4 bytes of a request line, as a little-endian word.
+#define W4(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
+
+static __always_inline bool is_method(__u32 w)
 {
-	if (go_stack_will_grow(regs, jump_read_transfer))
-		return 0;
-	void *msg = GO_ARG2(regs); // the any's data word; GO_ARG1 is its type
-	if (!msg)
-		return 0;
-	// A *Response holds StatusCode where a *Request holds its URL pointer
-	// (checked in user space): a small number means a response.
-	__s64 word = go_read_int(msg, off_resp_status_code);
-	__u32 pid = current_pid();
+	return w == W4('G', 'E', 'T', ' ') || w == W4('P', 'O', 'S', 'T') || w == W4('P', 'U', 'T', ' ') ||
+	       w == W4('H', 'E', 'A', 'D') || w == W4('D', 'E', 'L', 'E') || w == W4('P', 'A', 'T', 'C') ||
+	       w == W4('O', 'P', 'T', 'I') || w == W4('C', 'O', 'N', 'N') || w == W4('T', 'R', 'A', 'C');
+}
 
-	if (word >= 100 && word < 1000) {
-		void *req = go_read_ptr(msg, off_resp_request);
-		if (!req)
-			return 0;
-		struct go_key key = {.pid = pid, .id = (__u64)go_read_ptr(req, off_req_url)};
-		struct http_event *ev = bpf_map_lookup_elem(&clients, &key);
-		if (!ev)
-			return 0;
-		ev->end_ns = bpf_ktime_get_boot_ns();
-		ev->status = word;
-		emit(ev);
-		bpf_map_delete_elem(&clients, &key);
-		return 0;
-	}
-
+// Starts a server request on goroutine g from its raw header bytes at buf:
+// the trace context (an incoming traceparent, else new ids and the
+// sampling decision) and the user agent. Returns false if the bytes are
+// not an HTTP/1.x request.
+static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __s64 n, bool check_line)
+{
 	struct scratch *s = get_scratch();
-	if (!s)
-		return 0;
+	if (!s || !buf || n <= 0)
+		return false;
 	struct server_req *r = &s->req;
 	__builtin_memset(r, 0, sizeof(*r));
 	r->start_ns = bpf_ktime_get_boot_ns();
-
-	// The request's header bytes are the start of the connection's read
-	// buffer, up to the reader's position.
-	void *br = GO_ARG3(regs);
-	const char *buf = go_read_ptr(br, off_bufio_buf);
-	__s64 n = go_read_int(br, off_bufio_r);
-	if (buf && n > 0) {
-		if (n > HDR_MAX)
-			n = HDR_MAX;
-		__builtin_memset(&s->hdr[HDR_MAX], 0, 192);
-		if (bpf_probe_read_user(s->hdr, n & (HDR_MAX - 1) ?: HDR_MAX, buf) == 0) {
-			struct hdr_scan sc = {.s = s, .len = n};
-			bpf_loop((n + 7) / 8, scan_word, &sc, 0);
-			r->parent_remote = sc.found_tp;
-		}
+	if (n > HDR_MAX)
+		n = HDR_MAX;
+	__builtin_memset(&s->hdr[HDR_MAX], 0, 192);
+	if (bpf_probe_read_user(s->hdr, n & (HDR_MAX - 1) ?: HDR_MAX, buf))
+		return false;
+	struct hdr_scan sc = {.s = s, .len = n};
+	bpf_loop((n + 7) / 8, scan_word, &sc, 0);
+	// Bytes read from a socket are a request only if the first line ends
+	// in "HTTP/1.x\r\n" (a file starting with "GET " is not).
+	if (check_line) {
+		__u32 nl = sc.first_nl;
+		if (nl < 14 || nl >= HDR_MAX)
+			return false;
+		const char *v = &s->hdr[(nl - 9) & (HDR_MAX - 1)];
+		if (v[0] != 'H' || v[1] != 'T' || v[2] != 'T' || v[3] != 'P' || v[4] != '/' || v[5] != '1' || v[8] != '\r')
+			return false;
 	}
+	r->parent_remote = sc.found_tp;
 	if (!r->parent_remote) {
 		random_bytes(r->trace_id, 16);
 		r->sampled = sample_root(r->trace_id);
@@ -419,9 +443,76 @@ int zt_http_read_transfer(struct pt_regs *regs)
 	}
 	random_bytes(r->span_id, 8);
 
-	struct go_key key = {.pid = pid, .id = go_read_int(GO_G(regs), off_g_goid)};
+	struct go_key key = {.pid = pid, .id = go_read_int(g, off_g_goid)};
 	bpf_map_update_elem(&servers, &key, r, BPF_ANY);
 	mark_active(pid);
+	return true;
+}
+
+// read() returned in a traced process. If the bytes start an HTTP/1.x
+// request, this is where it starts: no uprobe needed, so a plain-HTTP
+// request costs one uprobe hit (finishRequest) in all. A tracepoint hit on
+// read() is far cheaper than a uprobe hit (KERNEL.md).
+SEC("tracepoint/syscalls/sys_exit_read")
+int zt_http_read(struct trace_event_raw_sys_exit *ctx)
+{
+	long ret = ctx->ret;
+	if (ret < 1)
+		return 0;
+	__u32 pid = current_pid();
+	if (!bpf_map_lookup_elem(&traced, &pid))
+		return 0;
+	// read(fd, buf, n): the arguments are still in the saved user
+	// registers, and R14 holds the goroutine that made the call.
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u64 fd = BPF_CORE_READ(regs, di);
+	const char *buf = (const char *)BPF_CORE_READ(regs, si);
+	void *g = (void *)BPF_CORE_READ(regs, r14);
+	struct go_key key = {.pid = pid, .id = fd};
+
+	__u32 w = 0;
+	if (bpf_probe_read_user(&w, ret < 4 ? 1 : 4, buf))
+		return 0;
+	if (ret == 1) {
+		// The server's background read takes one byte of the next request
+		// on a kept-alive connection: remember it for the rest.
+		if ((w & 0xff) >= 'A' && (w & 0xff) <= 'Z') {
+			__u8 c = w;
+			bpf_map_update_elem(&split, &key, &c, BPF_ANY);
+		}
+		return 0;
+	}
+	if (ret < 16) // shorter than any request line
+		return 0;
+	bool start = is_method(w);
+	__u8 *first = bpf_map_lookup_elem(&split, &key);
+	if (first) {
+		if (!start)
+			start = is_method((__u32)*first | w << 8);
+		bpf_map_delete_elem(&split, &key);
+	}
+	if (start)
+		server_start(pid, g, buf, ret, true);
+	return 0;
+}
+
+// readTransfer(msg any, r *bufio.Reader) runs once the headers of an
+// incoming request are parsed. Attached only to binaries that serve
+// requests read() does not show in clear (TLS): see finishRequest.
+SEC("uprobe/readTransfer")
+int zt_http_read_transfer(struct pt_regs *regs)
+{
+	if (go_stack_will_grow(regs, jump_read_transfer))
+		return 0;
+	__u32 pid = current_pid();
+	void *g = GO_G(regs);
+	struct go_key key = {.pid = pid, .id = go_read_int(g, off_g_goid)};
+	if (bpf_map_lookup_elem(&servers, &key))
+		return 0; // read() already started it
+	// The request's header bytes are the start of the connection's read
+	// buffer, up to the reader's position.
+	void *br = GO_ARG3(regs);
+	server_start(pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), false);
 	return 0;
 }
 
@@ -443,6 +534,31 @@ static __always_inline void obj_string(struct scratch *s, int f, __u64 off, __u3
 	put_str(&s->ev, f, (const char *)obj_word(s, off), obj_word(s, off + 8), max);
 }
 
+// A request ends that read() did not show starting. Over TLS read() sees
+// only ciphertext: ask user space, once, to attach the readTransfer probe
+// (from then on this binary's requests cost two probe hits).
+static __always_inline void no_start(__u32 pid, void *w)
+{
+	__u32 zero = 0;
+	__u32 *asked = bpf_map_lookup_elem(&need_start, &zero);
+	if (!asked || *asked)
+		return;
+	void *req = go_read_ptr(w, off_rw_req);
+	if (!req || !go_read_ptr(req, off_req_tls))
+		return;
+	*asked = 1;
+	struct http_event *ev = bpf_ringbuf_reserve(&events, offsetof(struct http_event, data), 0);
+	if (!ev) {
+		*asked = 0;
+		count_lost();
+		return;
+	}
+	__builtin_memset(ev, 0, offsetof(struct http_event, data));
+	ev->kind = HTTP_NEED_START;
+	ev->pid = pid;
+	bpf_ringbuf_submit(ev, BPF_RB_FORCE_WAKEUP);
+}
+
 // (*response).finishRequest(w): the handler returned; the response is
 // about to be flushed.
 SEC("uprobe/finishRequest")
@@ -454,8 +570,10 @@ int zt_http_finish_request(struct pt_regs *regs)
 	__u64 goid = go_read_int(GO_G(regs), off_g_goid);
 	struct go_key key = {.pid = pid, .id = goid};
 	struct server_req *r = bpf_map_lookup_elem(&servers, &key);
-	if (!r)
+	if (!r) {
+		no_start(pid, GO_ARG1(regs));
 		return 0;
+	}
 	struct scratch *s = get_scratch();
 	if (!s)
 		return 0;
@@ -567,14 +685,64 @@ int zt_http_round_trip(struct pt_regs *regs)
 	return 0;
 }
 
-/* ---- process exit ---- */
+// ReadResponse(r *bufio.Reader, req *Request): the transport's read loop
+// got the first bytes of a response (it peeks one first): the client
+// request ends. The status is read from the buffered status line.
+SEC("uprobe/ReadResponse")
+int zt_http_read_response(struct pt_regs *regs)
+{
+	if (go_stack_will_grow(regs, jump_read_response))
+		return 0;
+	void *req = GO_ARG2(regs);
+	if (!req)
+		return 0;
+	struct go_key key = {.pid = current_pid(), .id = (__u64)go_read_ptr(req, off_req_url)};
+	struct http_event *ev = bpf_map_lookup_elem(&clients, &key);
+	if (!ev)
+		return 0;
+	ev->end_ns = bpf_ktime_get_boot_ns();
+	ev->status = 0;
+	void *br = GO_ARG1(regs);
+	const char *buf = go_read_ptr(br, off_bufio_buf);
+	__s64 pos = go_read_int(br, off_bufio_r);
+	char line[12] = {};
+	// "HTTP/1.1 200"
+	if (buf && pos >= 0 && bpf_probe_read_user(line, sizeof(line), buf + pos) == 0 && line[0] == 'H' &&
+	    line[8] == ' ' && line[9] >= '1' && line[9] <= '5' && line[10] >= '0' && line[10] <= '9' &&
+	    line[11] >= '0' && line[11] <= '9')
+		ev->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+	emit(ev);
+	bpf_map_delete_elem(&clients, &key);
+	return 0;
+}
+
+/* ---- processes ---- */
+
+// A process execs the traced executable: watch its read() calls.
+SEC("tracepoint/sched/sched_process_exec")
+int zt_http_exec(void *ctx)
+{
+	if (!target_ino)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct inode *ino = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	if (BPF_CORE_READ(ino, i_ino) != target_ino || BPF_CORE_READ(ino, i_sb, s_dev) != target_dev)
+		return 0;
+	__u32 pid = current_pid();
+	__u8 one = 1;
+	bpf_map_update_elem(&traced, &pid, &one, BPF_ANY);
+	return 0;
+}
 
 SEC("tracepoint/sched/sched_process_exit")
 int zt_http_exit(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 pid = id >> 32;
-	if ((__u32)id != pid || !bpf_map_lookup_elem(&active, &pid))
+	if ((__u32)id != pid)
+		return 0;
+	bpf_map_delete_elem(&traced, &pid);
+	if (!bpf_map_lookup_elem(&active, &pid))
 		return 0;
 	bpf_map_delete_elem(&active, &pid);
 	struct http_event *ev = bpf_ringbuf_reserve(&events, offsetof(struct http_event, data), 0);

@@ -50,6 +50,7 @@ const (
 	httpHttpKindHTTP_SERVER       httpHttpKind = 1
 	httpHttpKindHTTP_CLIENT       httpHttpKind = 2
 	httpHttpKindHTTP_PROCESS_EXIT httpHttpKind = 3
+	httpHttpKindHTTP_NEED_START   httpHttpKind = 4
 )
 
 type httpHttpStr uint32
@@ -94,14 +95,21 @@ const (
 	httpMapClients              = "clients"
 	httpMapEvents               = "events"
 	httpMapLost                 = "lost"
+	httpMapNeedStart            = "need_start"
 	httpMapScratch              = "scratch"
 	httpMapServers              = "servers"
+	httpMapSplit                = "split"
+	httpMapTraced               = "traced"
+	httpProgZtHttpExec          = "zt_http_exec"
 	httpProgZtHttpExit          = "zt_http_exit"
 	httpProgZtHttpFinishRequest = "zt_http_finish_request"
+	httpProgZtHttpRead          = "zt_http_read"
+	httpProgZtHttpReadResponse  = "zt_http_read_response"
 	httpProgZtHttpReadTransfer  = "zt_http_read_transfer"
 	httpProgZtHttpRoundTrip     = "zt_http_round_trip"
 	httpVarHasPattern           = "has_pattern"
 	httpVarJumpFinishRequest    = "jump_finish_request"
+	httpVarJumpReadResponse     = "jump_read_response"
 	httpVarJumpReadTransfer     = "jump_read_transfer"
 	httpVarJumpRoundTrip        = "jump_round_trip"
 	httpVarOffBufioBuf          = "off_bufio_buf"
@@ -116,8 +124,6 @@ const (
 	httpVarOffReqRemoteAddr     = "off_req_remote_addr"
 	httpVarOffReqTls            = "off_req_tls"
 	httpVarOffReqUrl            = "off_req_url"
-	httpVarOffRespRequest       = "off_resp_request"
-	httpVarOffRespStatusCode    = "off_resp_status_code"
 	httpVarOffRwReq             = "off_rw_req"
 	httpVarOffRwStatus          = "off_rw_status"
 	httpVarOffUrlHost           = "off_url_host"
@@ -126,6 +132,8 @@ const (
 	httpVarOffUrlScheme         = "off_url_scheme"
 	httpVarParentBased          = "parent_based"
 	httpVarSampleBound          = "sample_bound"
+	httpVarTargetDev            = "target_dev"
+	httpVarTargetIno            = "target_ino"
 	httpVarUnusedHttpEvent      = "unused_http_event"
 	httpVarUnusedHttpStr        = "unused_http_str"
 )
@@ -172,8 +180,11 @@ type httpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpProgramSpecs struct {
+	ZtHttpExec          *ebpf.ProgramSpec `ebpf:"zt_http_exec"`
 	ZtHttpExit          *ebpf.ProgramSpec `ebpf:"zt_http_exit"`
 	ZtHttpFinishRequest *ebpf.ProgramSpec `ebpf:"zt_http_finish_request"`
+	ZtHttpRead          *ebpf.ProgramSpec `ebpf:"zt_http_read"`
+	ZtHttpReadResponse  *ebpf.ProgramSpec `ebpf:"zt_http_read_response"`
 	ZtHttpReadTransfer  *ebpf.ProgramSpec `ebpf:"zt_http_read_transfer"`
 	ZtHttpRoundTrip     *ebpf.ProgramSpec `ebpf:"zt_http_round_trip"`
 }
@@ -182,12 +193,15 @@ type httpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpMapSpecs struct {
-	Active  *ebpf.MapSpec `ebpf:"active"`
-	Clients *ebpf.MapSpec `ebpf:"clients"`
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Lost    *ebpf.MapSpec `ebpf:"lost"`
-	Scratch *ebpf.MapSpec `ebpf:"scratch"`
-	Servers *ebpf.MapSpec `ebpf:"servers"`
+	Active    *ebpf.MapSpec `ebpf:"active"`
+	Clients   *ebpf.MapSpec `ebpf:"clients"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Lost      *ebpf.MapSpec `ebpf:"lost"`
+	NeedStart *ebpf.MapSpec `ebpf:"need_start"`
+	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
+	Servers   *ebpf.MapSpec `ebpf:"servers"`
+	Split     *ebpf.MapSpec `ebpf:"split"`
+	Traced    *ebpf.MapSpec `ebpf:"traced"`
 }
 
 // httpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -196,6 +210,7 @@ type httpMapSpecs struct {
 type httpVariableSpecs struct {
 	HasPattern        *ebpf.VariableSpec `ebpf:"has_pattern"`
 	JumpFinishRequest *ebpf.VariableSpec `ebpf:"jump_finish_request"`
+	JumpReadResponse  *ebpf.VariableSpec `ebpf:"jump_read_response"`
 	JumpReadTransfer  *ebpf.VariableSpec `ebpf:"jump_read_transfer"`
 	JumpRoundTrip     *ebpf.VariableSpec `ebpf:"jump_round_trip"`
 	OffBufioBuf       *ebpf.VariableSpec `ebpf:"off_bufio_buf"`
@@ -210,8 +225,6 @@ type httpVariableSpecs struct {
 	OffReqRemoteAddr  *ebpf.VariableSpec `ebpf:"off_req_remote_addr"`
 	OffReqTls         *ebpf.VariableSpec `ebpf:"off_req_tls"`
 	OffReqUrl         *ebpf.VariableSpec `ebpf:"off_req_url"`
-	OffRespRequest    *ebpf.VariableSpec `ebpf:"off_resp_request"`
-	OffRespStatusCode *ebpf.VariableSpec `ebpf:"off_resp_status_code"`
 	OffRwReq          *ebpf.VariableSpec `ebpf:"off_rw_req"`
 	OffRwStatus       *ebpf.VariableSpec `ebpf:"off_rw_status"`
 	OffUrlHost        *ebpf.VariableSpec `ebpf:"off_url_host"`
@@ -220,6 +233,8 @@ type httpVariableSpecs struct {
 	OffUrlScheme      *ebpf.VariableSpec `ebpf:"off_url_scheme"`
 	ParentBased       *ebpf.VariableSpec `ebpf:"parent_based"`
 	SampleBound       *ebpf.VariableSpec `ebpf:"sample_bound"`
+	TargetDev         *ebpf.VariableSpec `ebpf:"target_dev"`
+	TargetIno         *ebpf.VariableSpec `ebpf:"target_ino"`
 	UnusedHttpEvent   *ebpf.VariableSpec `ebpf:"unused_http_event"`
 	UnusedHttpStr     *ebpf.VariableSpec `ebpf:"unused_http_str"`
 }
@@ -244,12 +259,15 @@ func (o *httpObjects) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpMaps struct {
-	Active  *ebpf.Map `ebpf:"active"`
-	Clients *ebpf.Map `ebpf:"clients"`
-	Events  *ebpf.Map `ebpf:"events"`
-	Lost    *ebpf.Map `ebpf:"lost"`
-	Scratch *ebpf.Map `ebpf:"scratch"`
-	Servers *ebpf.Map `ebpf:"servers"`
+	Active    *ebpf.Map `ebpf:"active"`
+	Clients   *ebpf.Map `ebpf:"clients"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Lost      *ebpf.Map `ebpf:"lost"`
+	NeedStart *ebpf.Map `ebpf:"need_start"`
+	Scratch   *ebpf.Map `ebpf:"scratch"`
+	Servers   *ebpf.Map `ebpf:"servers"`
+	Split     *ebpf.Map `ebpf:"split"`
+	Traced    *ebpf.Map `ebpf:"traced"`
 }
 
 func (m *httpMaps) Close() error {
@@ -258,8 +276,11 @@ func (m *httpMaps) Close() error {
 		m.Clients,
 		m.Events,
 		m.Lost,
+		m.NeedStart,
 		m.Scratch,
 		m.Servers,
+		m.Split,
+		m.Traced,
 	)
 }
 
@@ -269,6 +290,7 @@ func (m *httpMaps) Close() error {
 type httpVariables struct {
 	HasPattern        *ebpf.Variable `ebpf:"has_pattern"`
 	JumpFinishRequest *ebpf.Variable `ebpf:"jump_finish_request"`
+	JumpReadResponse  *ebpf.Variable `ebpf:"jump_read_response"`
 	JumpReadTransfer  *ebpf.Variable `ebpf:"jump_read_transfer"`
 	JumpRoundTrip     *ebpf.Variable `ebpf:"jump_round_trip"`
 	OffBufioBuf       *ebpf.Variable `ebpf:"off_bufio_buf"`
@@ -283,8 +305,6 @@ type httpVariables struct {
 	OffReqRemoteAddr  *ebpf.Variable `ebpf:"off_req_remote_addr"`
 	OffReqTls         *ebpf.Variable `ebpf:"off_req_tls"`
 	OffReqUrl         *ebpf.Variable `ebpf:"off_req_url"`
-	OffRespRequest    *ebpf.Variable `ebpf:"off_resp_request"`
-	OffRespStatusCode *ebpf.Variable `ebpf:"off_resp_status_code"`
 	OffRwReq          *ebpf.Variable `ebpf:"off_rw_req"`
 	OffRwStatus       *ebpf.Variable `ebpf:"off_rw_status"`
 	OffUrlHost        *ebpf.Variable `ebpf:"off_url_host"`
@@ -293,6 +313,8 @@ type httpVariables struct {
 	OffUrlScheme      *ebpf.Variable `ebpf:"off_url_scheme"`
 	ParentBased       *ebpf.Variable `ebpf:"parent_based"`
 	SampleBound       *ebpf.Variable `ebpf:"sample_bound"`
+	TargetDev         *ebpf.Variable `ebpf:"target_dev"`
+	TargetIno         *ebpf.Variable `ebpf:"target_ino"`
 	UnusedHttpEvent   *ebpf.Variable `ebpf:"unused_http_event"`
 	UnusedHttpStr     *ebpf.Variable `ebpf:"unused_http_str"`
 }
@@ -301,16 +323,22 @@ type httpVariables struct {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpPrograms struct {
+	ZtHttpExec          *ebpf.Program `ebpf:"zt_http_exec"`
 	ZtHttpExit          *ebpf.Program `ebpf:"zt_http_exit"`
 	ZtHttpFinishRequest *ebpf.Program `ebpf:"zt_http_finish_request"`
+	ZtHttpRead          *ebpf.Program `ebpf:"zt_http_read"`
+	ZtHttpReadResponse  *ebpf.Program `ebpf:"zt_http_read_response"`
 	ZtHttpReadTransfer  *ebpf.Program `ebpf:"zt_http_read_transfer"`
 	ZtHttpRoundTrip     *ebpf.Program `ebpf:"zt_http_round_trip"`
 }
 
 func (p *httpPrograms) Close() error {
 	return _HttpClose(
+		p.ZtHttpExec,
 		p.ZtHttpExit,
 		p.ZtHttpFinishRequest,
+		p.ZtHttpRead,
+		p.ZtHttpReadResponse,
 		p.ZtHttpReadTransfer,
 		p.ZtHttpRoundTrip,
 	)

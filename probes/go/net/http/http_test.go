@@ -181,7 +181,7 @@ func waitEmpty(t *testing.T, tr *Tracer) {
 	var counts map[string]int
 	for range 50 {
 		counts = tr.MapEntries()
-		if counts["servers"]+counts["clients"]+counts["active"] == 0 {
+		if counts["servers"]+counts["clients"]+counts["active"]+counts["traced"]+counts["split"] == 0 {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)

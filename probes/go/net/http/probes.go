@@ -11,11 +11,6 @@ import (
 // uprobes: the functions this family probes, and the offsets each reads.
 var uprobes = []goprobe.Uprobe{
 	{
-		Symbol: "net/http.readTransfer", Program: httpProgZtHttpReadTransfer, AtJump: "jump_read_transfer",
-		Does:  "server request start and client response",
-		Needs: []string{"off_g_goid", "off_bufio_buf", "off_bufio_r", "off_resp_status_code", "off_resp_request", "off_req_url"},
-	},
-	{
 		Symbol: "net/http.(*response).finishRequest", Program: httpProgZtHttpFinishRequest, AtJump: "jump_finish_request",
 		Does: "server request end",
 		Needs: []string{"off_g_goid", "off_rw_req", "off_rw_status", "off_req_method", "off_req_url", "off_req_host",
@@ -26,6 +21,18 @@ var uprobes = []goprobe.Uprobe{
 		Does: "client request start",
 		Needs: []string{"off_g_goid", "off_g_parent_goid", "off_req_method", "off_req_url", "off_url_scheme",
 			"off_url_host", "off_url_path", "off_url_raw_query"},
+	},
+	{
+		Symbol: "net/http.ReadResponse", Program: httpProgZtHttpReadResponse, AtJump: "jump_read_response",
+		Does:  "client request end",
+		Needs: []string{"off_req_url", "off_bufio_buf", "off_bufio_r"},
+	},
+	{
+		// Lazy: read() shows plain-HTTP requests starting; this probe is
+		// attached only once a request over TLS is seen (see no_start).
+		Symbol: "net/http.readTransfer", Program: httpProgZtHttpReadTransfer, AtJump: "jump_read_transfer",
+		Does: "server request start (TLS)", Lazy: true,
+		Needs: []string{"off_g_goid", "off_bufio_buf", "off_bufio_r"},
 	},
 }
 
@@ -45,15 +52,16 @@ var fields = []goprobe.Field{
 	{Const: "off_url_host", Struct: "net/url.URL", Field: "Host"},
 	{Const: "off_url_path", Struct: "net/url.URL", Field: "Path"},
 	{Const: "off_url_raw_query", Struct: "net/url.URL", Field: "RawQuery"},
-	{Const: "off_resp_status_code", Struct: "net/http.Response", Field: "StatusCode"},
-	{Const: "off_resp_request", Struct: "net/http.Response", Field: "Request"},
 	{Const: "off_rw_req", Struct: "net/http.response", Field: "req"},
 	{Const: "off_rw_status", Struct: "net/http.response", Field: "status"},
 	{Const: "off_bufio_buf", Struct: "bufio.Reader", Field: "buf"},
 	{Const: "off_bufio_r", Struct: "bufio.Reader", Field: "r"},
 }
 
-// tracepoints: process exits, so the maps of a process are swept.
+// tracepoints: read() shows requests starting; execs of the traced
+// executable add processes to watch; exits sweep a process's map entries.
 var tracepoints = []bpfprobe.Tracepoint{
+	{Group: "syscalls", Name: "sys_exit_read", Program: httpProgZtHttpRead},
+	{Group: "sched", Name: "sched_process_exec", Program: httpProgZtHttpExec, Optional: true},
 	{Group: "sched", Name: "sched_process_exit", Program: httpProgZtHttpExit, Optional: true},
 }

@@ -4,12 +4,17 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sys/unix"
 
 	"github.com/zerotel/zerotel/internal/bpfprobe"
 	"github.com/zerotel/zerotel/internal/goinspect"
@@ -54,7 +59,7 @@ func (e *Event) Duration() time.Duration { return e.End.Sub(e.Start) }
 // Tracer is the http probe family attached to one Go binary.
 type Tracer struct {
 	Binary *goinspect.Binary
-	family *bpfprobe.Family
+	probes *goprobe.Probes
 }
 
 // Sampling is the kernel-side sampler: Ratio of root traces kept; with
@@ -67,9 +72,6 @@ type Sampling struct {
 // Attach loads the http probes for t. Problems that leave some probes
 // working are returned as warnings; an error means nothing is traced.
 func Attach(t goprobe.Target, s Sampling) (*Tracer, []error, error) {
-	if err := checkLayout(t.Binary); err != nil {
-		return nil, nil, err
-	}
 	spec, err := loadHttp()
 	if err != nil {
 		return nil, nil, fmt.Errorf("net/http: %w", err)
@@ -77,23 +79,58 @@ func Attach(t goprobe.Target, s Sampling) (*Tracer, []error, error) {
 	if err := setSampling(spec, s); err != nil {
 		return nil, nil, err
 	}
-	fam, warnings, err := goprobe.Load("net/http", t, spec, fields, uprobes, tracepoints)
+	consts := map[string]any{}
+	exe, err := os.Stat(t.Binary.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := exe.Sys().(*syscall.Stat_t)
+	if t.PID == 0 {
+		// Every process of the executable, also those started later.
+		consts["target_ino"] = st.Ino
+		consts["target_dev"] = kernelDev(st.Dev)
+	}
+	probes, warnings, err := goprobe.Load("net/http", t, spec, consts, fields, uprobes, tracepoints)
 	if err != nil {
 		return nil, warnings, err
 	}
-	return &Tracer{Binary: t.Binary, family: fam}, warnings, nil
+	tr := &Tracer{Binary: t.Binary, probes: probes}
+	pids := []int{t.PID}
+	if t.PID == 0 {
+		pids = processesOf(st)
+	}
+	for _, pid := range pids {
+		tr.watch(uint32(pid))
+	}
+	return tr, warnings, nil
 }
 
-// checkLayout verifies what readTransfer's probe relies on to tell a
-// *Response from a *Request: StatusCode and URL share an offset.
-func checkLayout(bin *goinspect.Binary) error {
-	a, errA := bin.FieldOffset("net/http.Response", "StatusCode")
-	b, errB := bin.FieldOffset("net/http.Request", "URL")
-	if errA == nil && errB == nil && a != b {
-		return fmt.Errorf("%s (Go %s): net/http.Response.StatusCode (%d) and Request.URL (%d) no longer share an offset: this Go version needs a zerotel update",
-			bin.Path, bin.GoVersion, a, b)
+// watch makes the kernel side look at the process's read() calls.
+func (t *Tracer) watch(pid uint32) {
+	_ = t.probes.Coll.Maps[httpMapTraced].Put(pid, uint8(1))
+}
+
+// kernelDev converts a stat st_dev to the kernel's internal dev_t
+// (major << 20 | minor), which the exec hook compares with.
+func kernelDev(dev uint64) uint32 {
+	return unix.Major(dev)<<20 | unix.Minor(dev)
+}
+
+// processesOf lists the running processes whose executable is the file st.
+func processesOf(st *syscall.Stat_t) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var x syscall.Stat_t
+		if syscall.Stat(fmt.Sprintf("/proc/%d/exe", pid), &x) == nil && x.Ino == st.Ino && x.Dev == st.Dev {
+			pids = append(pids, pid)
+		}
 	}
-	return nil
+	return pids
 }
 
 func setSampling(spec *ebpf.CollectionSpec, s Sampling) error {
@@ -108,23 +145,34 @@ func setSampling(spec *ebpf.CollectionSpec, s Sampling) error {
 }
 
 // Close detaches everything.
-func (t *Tracer) Close() error { return t.family.Close() }
+func (t *Tracer) Close() error { return t.probes.Close() }
 
 // Run hands each request to handle until ctx is done, and sweeps the maps
 // of processes that exit.
 func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 	var rec httpHttpEvent
-	return t.family.ReadEvents(ctx, httpMapEvents, func(raw []byte) {
-		if err := bpfprobe.Decode(raw, &rec, len(raw)); err != nil {
+	return t.probes.ReadEvents(ctx, httpMapEvents, func(raw []byte) {
+		if err := bpfprobe.Decode(raw, &rec, headerSize); err != nil {
 			return
 		}
-		if rec.Kind == httpHttpKindHTTP_PROCESS_EXIT {
+		switch rec.Kind {
+		case httpHttpKindHTTP_PROCESS_EXIT:
 			t.sweep(rec.Pid)
-			return
+		case httpHttpKindHTTP_NEED_START:
+			const sym = "net/http.readTransfer"
+			if err := t.probes.AttachLazy(sym); err != nil {
+				slog.Warn("TLS requests will have no spans", "binary", t.Binary.Path, "error", err)
+			} else {
+				slog.Info("serves TLS: request starts now come from a second probe", "binary", t.Binary.Path, "symbol", sym)
+			}
+		default:
+			handle(decode(&rec))
 		}
-		handle(decode(&rec))
 	})
 }
+
+// headerSize is the fixed part of a record; the strings follow.
+var headerSize = int(unsafe.Offsetof(httpHttpEvent{}.Data))
 
 // str returns string field f from the record's packed data.
 func str(r *httpHttpEvent, f httpHttpStr) string {
@@ -184,8 +232,8 @@ func protoVersion(major, minor uint8) string {
 // sweep deletes what a process that exited left in the in-flight maps
 // (requests it never finished).
 func (t *Tracer) sweep(pid uint32) {
-	for _, name := range []string{httpMapServers, httpMapClients} {
-		m := t.family.Coll.Maps[name]
+	for _, name := range []string{httpMapServers, httpMapClients, httpMapSplit} {
+		m := t.probes.Coll.Maps[name]
 		for _, k := range keys(m) {
 			if binary.LittleEndian.Uint32(k[:4]) == pid {
 				_ = m.Delete(k)
@@ -218,8 +266,8 @@ func keys(m *ebpf.Map) [][]byte {
 // MapEntries counts the entries of the in-flight maps, for tests and health.
 func (t *Tracer) MapEntries() map[string]int {
 	counts := map[string]int{}
-	for _, name := range []string{httpMapServers, httpMapClients, httpMapActive} {
-		counts[name] = len(keys(t.family.Coll.Maps[name]))
+	for _, name := range []string{httpMapServers, httpMapClients, httpMapActive, httpMapTraced, httpMapSplit} {
+		counts[name] = len(keys(t.probes.Coll.Maps[name]))
 	}
 	return counts
 }
