@@ -36,11 +36,13 @@ sysctl -qw kernel.bpf_stats_enabled=1
 SERVER_PID=$!
 sleep 0.5
 
-# zt_http_* program run counts: one run per uprobe hit.
+# Run counts of the zt_http_* programs of one type: kprobe (each run is a
+# uprobe hit) or tracepoint (the read() tracepoint).
 bpf_runs() {
 	bpftool prog show -j | python3 -c '
 import json, sys
-print(sum(p.get("run_cnt", 0) for p in json.load(sys.stdin) if p.get("name", "").startswith("zt_http")))'
+print(sum(p.get("run_cnt", 0) for p in json.load(sys.stdin)
+          if p.get("name", "").startswith("zt_http") and p.get("type") == sys.argv[1]))' "$1"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -66,17 +68,18 @@ run_wrk() {
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 printf "zerotel HTTP overhead: wrk -t1 -c%s -d%s, %s alternating rounds, %s cores, %s\n\n" "$CONNS" "$DUR" "$ROUNDS" "$(nproc)" "$(go version | awk '{print $3}')"
-printf "| path | mode | req/s | p50 ms | p99 ms | ratio req/s | uprobe hits/req | agent CPU µs/span |\n|---|---|---|---|---|---|---|---|\n"
+printf "| path | mode | req/s | p50 ms | p99 ms | ratio req/s | uprobe hits/req | tracepoint hits/req | agent CPU µs/span |\n|---|---|---|---|---|---|---|---|---|\n"
 for path in / /sleep; do
-	: >"$WORK/base" ; : >"$WORK/traced" ; : >"$WORK/hits" ; : >"$WORK/cpu"
+	: >"$WORK/base" ; : >"$WORK/traced" ; : >"$WORK/hits" ; : >"$WORK/tphits" ; : >"$WORK/cpu"
 	for _ in $(seq "$ROUNDS"); do
 		run_wrk "$path" >>"$WORK/base"
 		start_agent
-		runs0=$(bpf_runs); t0=$(cpu_ticks "$AGENT_PID")
+		runs0=$(bpf_runs kprobe); tp0=$(bpf_runs tracepoint); t0=$(cpu_ticks "$AGENT_PID")
 		out=$(run_wrk "$path"); echo "$out" >>"$WORK/traced"
-		runs1=$(bpf_runs); t1=$(cpu_ticks "$AGENT_PID")
+		runs1=$(bpf_runs kprobe); tp1=$(bpf_runs tracepoint); t1=$(cpu_ticks "$AGENT_PID")
 		n=$(echo "$out" | awk '{print $4}')
 		awk -v r=$((runs1 - runs0)) -v n="$n" 'BEGIN {printf "%.3f\n", r/n}' >>"$WORK/hits"
+		awk -v r=$((tp1 - tp0)) -v n="$n" 'BEGIN {printf "%.3f\n", r/n}' >>"$WORK/tphits"
 		awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f\n", t/hz*1e6/n}' >>"$WORK/cpu"
 		stop_agent
 	done
@@ -86,11 +89,11 @@ for path in / /sleep; do
 		p99=$(awk '{print $3}' "$WORK/$mode" | median)
 		eval "${mode}_rps=$rps"
 		if [ $mode = base ]; then
-			printf "| %s | without | %.0f | %.3f | %.3f | | | |\n" "$path" "$rps" "$p50" "$p99"
+			printf "| %s | without | %.0f | %.3f | %.3f | | | | |\n" "$path" "$rps" "$p50" "$p99"
 		else
 			ratio=$(awk -v a="$rps" -v b="$base_rps" 'BEGIN {printf "%.3f", a/b}')
-			printf "| %s | with zerotel | %.0f | %.3f | %.3f | %s | %s | %s |\n" "$path" "$rps" "$p50" "$p99" "$ratio" \
-				"$(median <"$WORK/hits")" "$(median <"$WORK/cpu")"
+			printf "| %s | with zerotel | %.0f | %.3f | %.3f | %s | %s | %s | %s |\n" "$path" "$rps" "$p50" "$p99" "$ratio" \
+				"$(median <"$WORK/hits")" "$(median <"$WORK/tphits")" "$(median <"$WORK/cpu")"
 		fi
 	done
 done
