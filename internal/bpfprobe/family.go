@@ -35,9 +35,19 @@ type Family struct {
 	Name string
 	Coll *ebpf.Collection
 
-	links []link.Link
-	read  atomic.Uint64
-	once  sync.Once
+	links       []link.Link
+	read        atomic.Uint64
+	undecodable atomic.Uint64
+	once        sync.Once
+}
+
+// LoadGenerated is Load for a bpf2go-generated loader (loadExec, loadTcp...).
+func LoadGenerated(name string, load func() (*ebpf.CollectionSpec, error), tracepoints []Tracepoint) (*Family, error) {
+	spec, err := load()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return Load(name, spec, tracepoints)
 }
 
 // Load loads spec into the kernel and attaches the tracepoints. A required
@@ -96,18 +106,19 @@ func (f *Family) Close() error {
 // Read returns how many events user space has read from the family.
 func (f *Family) Read() uint64 { return f.read.Load() }
 
-// Lost returns how many events the kernel side dropped because the ring
-// buffer was full: the sum of the per-CPU "lost" counter.
+// Lost returns how many events were lost: dropped by the kernel side
+// because the ring buffer was full (the sum of the per-CPU "lost"
+// counter), or read but undecodable.
 func (f *Family) Lost() uint64 {
 	m := f.Coll.Maps["lost"]
 	if m == nil {
-		return 0
+		return f.undecodable.Load()
 	}
 	var perCPU []uint64
 	if err := m.Lookup(uint32(0), &perCPU); err != nil {
 		return 0
 	}
-	var n uint64
+	n := f.undecodable.Load()
 	for _, v := range perCPU {
 		n += v
 	}
@@ -158,6 +169,22 @@ func (f *Family) ReadEvents(ctx context.Context, ringName string, handle func(ra
 			return fmt.Errorf("%s: read ring buffer: %w", f.Name, err)
 		}
 	}
+}
+
+// ReadDecoded is ReadEvents with a decoder: each record decode accepts is
+// handed to handle; one it rejects (a zerotel bug: the generated types
+// should always match) is logged once and counted as lost.
+func ReadDecoded[E any](ctx context.Context, f *Family, ringName string, decode func([]byte) (E, error), handle func(E)) error {
+	var once sync.Once
+	return f.ReadEvents(ctx, ringName, func(raw []byte) {
+		ev, err := decode(raw)
+		if err != nil {
+			f.undecodable.Add(1)
+			once.Do(func() { slog.Error("undecodable event; please report", "probe", f.Name, "error", err) })
+			return
+		}
+		handle(ev)
+	})
 }
 
 // DrainInterval bounds how long an event waits in a quiet ring buffer.

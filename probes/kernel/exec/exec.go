@@ -70,11 +70,7 @@ type Tracer struct {
 
 // Start loads and attaches the exec probes.
 func Start() (*Tracer, error) {
-	spec, err := loadExec()
-	if err != nil {
-		return nil, fmt.Errorf("exec: %w", err)
-	}
-	f, err := bpfprobe.Load("exec", spec, tracepoints)
+	f, err := bpfprobe.LoadGenerated("exec", loadExec, tracepoints)
 	if err != nil {
 		return nil, err
 	}
@@ -87,13 +83,7 @@ func (t *Tracer) Close() error { return t.family.Close() }
 // Run hands each event to handle until ctx is done.
 func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 	var d Decoder
-	return t.family.ReadEvents(ctx, execMapEvents, func(raw []byte) {
-		ev, err := d.Decode(raw)
-		if err != nil {
-			return
-		}
-		handle(ev)
-	})
+	return bpfprobe.ReadDecoded(ctx, t.family, execMapEvents, d.Decode, handle)
 }
 
 // Decoder turns raw ring-buffer records into Events, reusing its buffers.

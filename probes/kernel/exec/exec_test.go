@@ -1,7 +1,6 @@
 package exec
 
 import (
-	"context"
 	"fmt"
 	"os"
 	osexec "os/exec"
@@ -14,7 +13,7 @@ import (
 	"github.com/zerotel/zerotel/internal/testutil"
 )
 
-// trace starts the exec tracer and returns a channel of its events.
+// traceExecs starts the exec tracer and returns a channel of its events.
 func traceExecs(t *testing.T) <-chan *Event {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -22,21 +21,7 @@ func traceExecs(t *testing.T) <-chan *Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	events := make(chan *Event, 4096)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tr.Run(ctx, func(e *Event) {
-			c := *e
-			select {
-			case events <- &c:
-			default:
-			}
-		})
-	}()
-	t.Cleanup(func() { cancel(); <-done; tr.Close() })
-	return events
+	return testutil.Stream[Event](t, tr)
 }
 
 // waitFor returns the first event that match accepts, or fails after 10 s.

@@ -61,11 +61,7 @@ type Tracer struct {
 
 // Start loads and attaches the tcp probes.
 func Start() (*Tracer, error) {
-	spec, err := loadTcp()
-	if err != nil {
-		return nil, fmt.Errorf("tcp: %w", err)
-	}
-	f, err := bpfprobe.Load("tcp", spec, tracepoints)
+	f, err := bpfprobe.LoadGenerated("tcp", loadTcp, tracepoints)
 	if err != nil {
 		return nil, err
 	}
@@ -78,13 +74,7 @@ func (t *Tracer) Close() error { return t.family.Close() }
 // Run hands each event to handle until ctx is done.
 func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 	var d Decoder
-	return t.family.ReadEvents(ctx, tcpMapEvents, func(raw []byte) {
-		ev, err := d.Decode(raw)
-		if err != nil {
-			return
-		}
-		handle(ev)
-	})
+	return bpfprobe.ReadDecoded(ctx, t.family, tcpMapEvents, d.Decode, handle)
 }
 
 // Decoder turns raw ring-buffer records into Events.

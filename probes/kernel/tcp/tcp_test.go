@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"context"
 	"syscall"
 	"testing"
 	"time"
@@ -17,21 +16,7 @@ func traceTCP(t *testing.T) <-chan *Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	events := make(chan *Event, 4096)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tr.Run(ctx, func(e *Event) {
-			c := *e
-			select {
-			case events <- &c:
-			default:
-			}
-		})
-	}()
-	t.Cleanup(func() { cancel(); <-done; tr.Close() })
-	return events
+	return testutil.Stream[Event](t, tr)
 }
 
 // collect gathers the events whose ports match, until want arrived and one
