@@ -7,12 +7,20 @@
 //	GET  /fail        500
 //	GET  /fanout      a goroutine calls -backend /users/7; 200 with its body
 //	anything else     404 (ServeMux)
+//
+// With -tls it serves HTTP/1.1 over TLS with a self-signed certificate.
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +30,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	backend := flag.String("backend", "", "base URL /fanout calls")
+	useTLS := flag.Bool("tls", false, "serve over TLS (self-signed certificate)")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -60,6 +69,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if *useTLS {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{selfSigned()}})
+	}
 	fmt.Printf("listening on %s\n", ln.Addr())
 	http.Serve(ln, mux)
+}
+
+// selfSigned makes a throwaway certificate for 127.0.0.1.
+func selfSigned() tls.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

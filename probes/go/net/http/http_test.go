@@ -3,6 +3,7 @@ package http
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	nethttp "net/http"
@@ -279,4 +280,42 @@ func checkSpan(t *testing.T, e *Event, want map[string]string) {
 	if s.Kind != map[Kind]trace.SpanKind{Server: trace.SpanKindServer, Client: trace.SpanKindClient}[e.Kind] {
 		t.Errorf("%s %s: span kind %v", e.Kind, e.Path, s.Kind)
 	}
+}
+
+// TestHTTPSServer: read() shows only ciphertext, so the first TLS request
+// makes zerotel attach the readTransfer probe; the requests after it are
+// spans with url.scheme https.
+func TestHTTPSServer(t *testing.T) {
+	bin := testutil.BuildGo(t, "httpserver")
+	tr, c := attach(t, bin, 0, Sampling{Ratio: 1, ParentBased: true})
+	base, cmd := server(t, bin, "-tls")
+	base = strings.Replace(base, "http://", "https://", 1)
+	client := &nethttp.Client{Transport: &nethttp.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	get := func(path string) {
+		resp, err := client.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	get("/users/0") // seen ending without a start: the probe is attached
+	time.Sleep(500 * time.Millisecond)
+	get("/users/1")
+	get("/fail")
+	events := c.wait(t, 2)
+	if len(events) != 2 {
+		t.Fatalf("want spans for the 2 requests after the first, got %d: %+v", len(events), events)
+	}
+	pid := uint32(cmd.Process.Pid)
+	checkSpan(t, one(t, events, pid, Server, "/users/1"), map[string]string{
+		"name": "GET /users/{id}", "url.scheme": "https", "http.response.status_code": "200", "url.path": "/users/1"})
+	checkSpan(t, one(t, events, pid, Server, "/fail"), map[string]string{
+		"name": "GET /fail", "url.scheme": "https", "http.response.status_code": "500", "error": "500"})
+	if u := one(t, events, pid, Server, "/users/1"); u.Duration() < 20*time.Millisecond {
+		t.Errorf("duration %v, handler sleeps 20ms", u.Duration())
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	waitEmpty(t, tr)
 }
