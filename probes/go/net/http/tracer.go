@@ -7,54 +7,15 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
-	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sys/unix"
 
 	"github.com/zerotel/zerotel/internal/bpfprobe"
 	"github.com/zerotel/zerotel/internal/goinspect"
 	"github.com/zerotel/zerotel/internal/goprobe"
-	"github.com/zerotel/zerotel/internal/kclock"
 )
-
-// Kind tells a server span from a client span.
-type Kind string
-
-const (
-	Server Kind = "server"
-	Client Kind = "client"
-)
-
-// Event is one HTTP request served or made by a traced process.
-type Event struct {
-	Kind         Kind          `json:"kind"`
-	PID          uint32        `json:"pid"`
-	Start        time.Time     `json:"start"`
-	End          time.Time     `json:"end"`
-	TraceID      trace.TraceID `json:"trace_id"`
-	SpanID       trace.SpanID  `json:"span_id"`
-	Parent       trace.SpanID  `json:"parent_span_id"`
-	ParentRemote bool          `json:"parent_remote,omitempty"` // parent from a traceparent header
-	Sampled      bool          `json:"sampled"`
-	Method       string        `json:"method"`
-	Scheme       string        `json:"scheme,omitempty"`
-	Host         string        `json:"host,omitempty"` // server: Host header; client: URL host
-	Path         string        `json:"path,omitempty"`
-	Query        string        `json:"query,omitempty"`
-	Pattern      string        `json:"pattern,omitempty"` // ServeMux pattern, e.g. "GET /users/{id}"
-	Peer         string        `json:"peer,omitempty"`    // server: the client's address
-	UserAgent    string        `json:"user_agent,omitempty"`
-	Proto        string        `json:"proto,omitempty"` // "1.1"
-	Status       int           `json:"status"`
-}
-
-// Duration is how long the request took.
-func (e *Event) Duration() time.Duration { return e.End.Sub(e.Start) }
 
 // Tracer is the http probe family attached to one Go binary.
 type Tracer struct {
@@ -169,64 +130,6 @@ func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 			handle(decode(&rec))
 		}
 	})
-}
-
-// headerSize is the fixed part of a record; the strings follow.
-var headerSize = int(unsafe.Offsetof(httpHttpEvent{}.Data))
-
-// str returns string field f from the record's packed data.
-func str(r *httpHttpEvent, f httpHttpStr) string {
-	off, n := int(r.StrOff[f]), int(r.StrLen[f])
-	if n == 0 || off+n > len(r.Data) {
-		return ""
-	}
-	return string(unsafe.Slice((*byte)(unsafe.Pointer(&r.Data[off])), n))
-}
-
-func decode(r *httpHttpEvent) *Event {
-	e := &Event{
-		Kind:         Server,
-		PID:          r.Pid,
-		Start:        kclock.Time(r.StartNs),
-		End:          kclock.Time(r.EndNs),
-		TraceID:      r.TraceId,
-		SpanID:       r.SpanId,
-		Parent:       r.ParentSpanId,
-		ParentRemote: r.ParentRemote != 0,
-		Sampled:      r.Sampled != 0,
-		Method:       str(r, httpHttpStrSTR_METHOD),
-		Scheme:       str(r, httpHttpStrSTR_SCHEME),
-		Host:         str(r, httpHttpStrSTR_HOST),
-		Path:         str(r, httpHttpStrSTR_PATH),
-		Query:        str(r, httpHttpStrSTR_QUERY),
-		Pattern:      str(r, httpHttpStrSTR_ROUTE),
-		Peer:         str(r, httpHttpStrSTR_PEER),
-		Status:       int(r.Status),
-	}
-	if r.Kind == httpHttpKindHTTP_CLIENT {
-		e.Kind = Client
-		return e
-	}
-	if e.Scheme = "http"; r.Tls != 0 {
-		e.Scheme = "https"
-	}
-	if r.ProtoMajor != 0 {
-		e.Proto = protoVersion(r.ProtoMajor, r.ProtoMinor)
-	}
-	// The kernel copied the header line's rest: the value ends at CR or LF.
-	ua := str(r, httpHttpStrSTR_USER_AGENT)
-	if i := strings.IndexAny(ua, "\r\n\x00"); i >= 0 {
-		ua = ua[:i]
-	}
-	e.UserAgent = ua
-	return e
-}
-
-func protoVersion(major, minor uint8) string {
-	if major == 1 && minor == 1 {
-		return "1.1" // nearly always: no formatting per request
-	}
-	return fmt.Sprintf("%d.%d", major, minor)
 }
 
 // sweep deletes what a process that exited left in the in-flight maps
