@@ -164,6 +164,11 @@ func attachHTTP(path string, pid int, sampling gohttp.Sampling) *gohttp.Tracer {
 	}
 	t, warnings, err := gohttp.Attach(goprobe.Target{Binary: bin, PID: pid}, sampling)
 	for _, w := range warnings {
+		if errors.Is(w, goinspect.ErrFuncNotFound) {
+			// A server-only program does not link the HTTP client, say.
+			slog.Info("probe not attached: the function is not in this binary", "detail", w)
+			continue
+		}
 		slog.Warn("probe disabled", "error", w)
 	}
 	if err != nil {

@@ -157,7 +157,8 @@ func (p *Probes) attach(u placed) error {
 		return fmt.Errorf("%s: attach %s probe at %s+%#x: %w", bin.Path, u.Does, u.Symbol, u.pp.Offset-u.pp.Func.Offset, err)
 	}
 	p.AddLink(l)
-	slog.Debug("uprobe attached", "binary", bin.Path, "symbol", u.Symbol, "instruction", u.pp.Instruction, "kind", u.pp.Kind)
+	slog.Info("uprobe attached", "binary", bin.Path, "symbol", u.Symbol, "at", fmt.Sprintf("+%#x", u.pp.Offset-u.pp.Func.Offset),
+		"instruction", u.pp.Instruction, "placement", u.pp.Kind, "marks", u.Does)
 	return nil
 }
 
