@@ -72,6 +72,11 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 			return &exitError{code: 2, err: fmt.Errorf("--pid %d: no such process", pid)}
 		}
 	}
+	if len(command) > 0 {
+		if _, err := exec.LookPath(command[0]); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("cannot run %q: %w", command[0], err)}
+		}
+	}
 	if err := checkPrivileges(); err != nil {
 		return err
 	}

@@ -80,6 +80,7 @@ var listening = regexp.MustCompile(`listening on (\S+)`)
 // TestRunCommandTracesItsFirstRequest starts the server through zerotel:
 // the probes are attached before it runs, so its very first request is a span.
 func TestRunCommandTracesItsFirstRequest(t *testing.T) {
+	testutil.RequireRoot(t)
 	bin := testutil.BuildGo(t, "httpserver")
 	a := startAgent(t, nil, "run", "--output", "json", "--", bin, "-addr", "127.0.0.1:0")
 	var base string
@@ -106,6 +107,7 @@ func TestRunCommandTracesItsFirstRequest(t *testing.T) {
 // server, then a restarted one, are traced; spans reach an OTLP receiver
 // and durations reach Prometheus.
 func TestRunExeFollowsRestartsAndExports(t *testing.T) {
+	testutil.RequireRoot(t)
 	bin := testutil.BuildGo(t, "httpserver")
 	rcv := grpcReceiver(t)
 	first, firstCmd := startServer(t, bin)
@@ -155,6 +157,7 @@ func TestRunExeFollowsRestartsAndExports(t *testing.T) {
 // TestRunPidAndSampling attaches to one process by pid with a sampler that
 // keeps only requests whose caller sampled them; all still count in metrics.
 func TestRunPidAndSampling(t *testing.T) {
+	testutil.RequireRoot(t)
 	bin := testutil.BuildGo(t, "httpserver")
 	base, cmd := startServer(t, bin)
 	a := startAgent(t, []string{"OTEL_TRACES_SAMPLER=parentbased_always_off"},
@@ -175,6 +178,7 @@ func TestRunPidAndSampling(t *testing.T) {
 
 // TestRunClientBinary traces the requests a Go client program makes.
 func TestRunClientBinary(t *testing.T) {
+	testutil.RequireRoot(t)
 	base, _ := startServer(t, testutil.BuildGo(t, "httpserver"))
 	client := testutil.BuildGo(t, "httpclient")
 	a := startAgent(t, nil, "run", "--output", "json", "--", client, "GET", base+"/users/5?x=1", "POST", base+"/items", "hello")

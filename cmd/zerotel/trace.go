@@ -63,12 +63,12 @@ type session struct {
 }
 
 func (o *exportOptions) start(header string) (*session, error) {
-	if err := checkPrivileges(); err != nil {
-		return nil, err
-	}
 	out, err := output.New(os.Stdout, o.output, header)
 	if err != nil {
 		return nil, &exitError{code: 2, err: err}
+	}
+	if err := checkPrivileges(); err != nil {
+		return nil, err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	cancel := stop

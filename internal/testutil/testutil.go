@@ -47,7 +47,8 @@ func BuildGo(t testing.TB, name string, flags ...string) string {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, filepath.Base(name))
-	args := append([]string{"build", "-o", out}, flags...)
+	// -buildvcs=false: the tests build inside a checkout another user may own.
+	args := append([]string{"build", "-buildvcs=false", "-o", out}, flags...)
 	pkg := "./testdata/" + name
 	if strings.Contains(name, "/") {
 		pkg = "./" + name
