@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"unsafe"
+
+	"github.com/zerotel/zerotel/internal/testutil"
 )
 
 func putCString(dst []int8, s string) {
@@ -44,27 +46,12 @@ func rawExitRecord() []byte {
 	r.StartNs = 5_000_000_000
 	r.EndNs = r.StartNs + 42_000_000
 	putCString(r.Comm[:], "curl")
-	raw := make([]byte, unsafe.Sizeof(r))
-	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&r)), unsafe.Sizeof(r)))
-	return raw
+	return testutil.RecordBytes(&r)
 }
 
 func benchDecode(b *testing.B, raw []byte, check func(*testing.B, *Event)) {
 	var d Decoder
-	ev, err := d.Decode(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
-	check(b, ev)
-	b.SetBytes(int64(len(raw)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		if _, err := d.Decode(raw); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	testutil.BenchDecode(b, raw, d.Decode, check)
 }
 
 func BenchmarkDecodeExec(b *testing.B) {

@@ -3,8 +3,8 @@ package tcp
 import (
 	"net/netip"
 	"testing"
-	"unsafe"
 
+	"github.com/zerotel/zerotel/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,27 +34,12 @@ func rawTCPRecord(tb testing.TB, family uint16, local, peer netip.AddrPort, dir 
 	for i, c := range []byte("curl") {
 		r.Comm[i] = int8(c)
 	}
-	raw := make([]byte, unsafe.Sizeof(r))
-	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&r)), unsafe.Sizeof(r)))
-	return raw
+	return testutil.RecordBytes(&r)
 }
 
 func benchDecode(b *testing.B, raw []byte, check func(*testing.B, *Event)) {
 	var d Decoder
-	ev, err := d.Decode(raw)
-	if err != nil {
-		b.Fatal(err)
-	}
-	check(b, ev)
-	b.SetBytes(int64(len(raw)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		if _, err := d.Decode(raw); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	testutil.BenchDecode(b, raw, d.Decode, check)
 }
 
 func BenchmarkDecodeIPv4Connect(b *testing.B) {
