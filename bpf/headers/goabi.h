@@ -31,24 +31,6 @@ struct go_string {
 	__s64 len;
 };
 
-// Reads the Go string at base+off into dst (NUL-terminated, truncated to
-// size-1 bytes). Returns the bytes copied, not counting the NUL.
-static __always_inline long go_read_string(char *dst, __u32 size, const void *base, __u64 off)
-{
-	struct go_string s = {};
-	if (bpf_probe_read_user(&s, sizeof(s), base + off))
-		return -1;
-	if (s.len <= 0 || !s.ptr) {
-		dst[0] = 0;
-		return 0;
-	}
-	__u64 n = s.len < size - 1 ? s.len : size - 1;
-	if (bpf_probe_read_user(dst, n & 0xffff, s.ptr))
-		return -1;
-	dst[n & (size - 1)] = 0;
-	return n;
-}
-
 static __always_inline void *go_read_ptr(const void *base, __u64 off)
 {
 	void *p = NULL;
