@@ -65,10 +65,11 @@ struct {
 DECLARE_LOST_COUNTER()
 
 // Execs between syscall entry and result, by thread id. LRU: a thread that
-// dies mid-exec cannot leak its slot.
+// dies mid-exec cannot leak its slot. An entry is 4.4 KiB (argv), so 1024
+// of them (4.5 MiB of kernel memory) bound execs in flight at one time.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct exec_event);
 } inflight SEC(".maps");

@@ -138,9 +138,11 @@ struct {
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } servers SEC(".maps");
 
+// Client requests in flight: an entry is a whole event (1.3 KiB), so 2048
+// of them (2.7 MiB) per traced binary.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 2048);
 	__type(key, struct go_key);
 	__type(value, struct http_event);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
