@@ -75,9 +75,10 @@ struct {
 } inflight SEC(".maps");
 
 // Processes whose exec we saw, by pid, to report their exit and lifetime.
+// Past 16384 live ones the oldest lose their exit record.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, __u32);
 	__type(value, __u64);
 } running SEC(".maps");
