@@ -34,6 +34,8 @@ func (t Tracepoint) String() string { return t.Group + ":" + t.Name }
 type Family struct {
 	Name string
 	Coll *ebpf.Collection
+	// Missing lists the optional tracepoints that could not be attached.
+	Missing []Tracepoint
 
 	links       []link.Link
 	read        atomic.Uint64
@@ -78,6 +80,7 @@ func Load(name string, spec *ebpf.CollectionSpec, tracepoints []Tracepoint) (*Fa
 				return nil, err
 			}
 			slog.Warn("optional tracepoint unavailable; continuing without it", "probe", name, "tracepoint", tp.String(), "error", err)
+			f.Missing = append(f.Missing, tp)
 			continue
 		}
 		f.links = append(f.links, l)

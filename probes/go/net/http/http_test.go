@@ -8,6 +8,7 @@ import (
 	"io"
 	nethttp "net/http"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -318,4 +319,29 @@ func TestHTTPSServer(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	waitEmpty(t, tr)
+}
+
+// TestWithoutReadTracepoint: on a kernel without syscall tracepoints the
+// readTransfer uprobe marks request starts instead, and spans are the same.
+func TestWithoutReadTracepoint(t *testing.T) {
+	testutil.RequireRoot(t)
+	saved := slices.Clone(tracepoints)
+	t.Cleanup(func() { tracepoints = saved })
+	for i := range tracepoints {
+		if tracepoints[i].Program == httpProgZtHttpRead {
+			tracepoints[i].Name = "sys_exit_no_such_syscall" // as a kernel without it
+		}
+	}
+	bin := testutil.BuildGo(t, "httpserver")
+	_, c := attach(t, bin, 0, Sampling{Ratio: 1, ParentBased: true})
+	base, cmd := server(t, bin)
+	do(t, base)
+	events := c.wait(t, 6)
+	pid := uint32(cmd.Process.Pid)
+	checkSpan(t, one(t, events, pid, Server, "/users/42"), map[string]string{
+		"name": "GET /users/{id}", "http.response.status_code": "200", "user_agent.original": "zerotel-test/1.0"})
+	in := one(t, events, pid, Server, "/users/9")
+	if in.TraceID.String() != "0af7651916cd43dd8448eb211c80319c" || in.Parent.String() != "b7ad6b7169203331" {
+		t.Errorf("traceparent not continued: trace %v parent %v", in.TraceID, in.Parent)
+	}
 }

@@ -30,8 +30,8 @@ var uprobes = []goprobe.Uprobe{
 	{
 		// Lazy: read() shows plain-HTTP requests starting; this probe is
 		// attached only once a request over TLS is seen (see no_start).
-		Symbol: "net/http.readTransfer", Program: httpProgZtHttpReadTransfer, AtJump: "jump_read_transfer",
-		Does: "server request start (TLS)", Lazy: true,
+		Symbol: readTransferSymbol, Program: httpProgZtHttpReadTransfer, AtJump: "jump_read_transfer",
+		Does: "server request start (TLS, or no read() tracepoint)", Lazy: true,
 		Needs: []string{"off_g_goid", "off_bufio_buf", "off_bufio_r"},
 	},
 }
@@ -58,10 +58,11 @@ var fields = []goprobe.Field{
 	{Const: "off_bufio_r", Struct: "bufio.Reader", Field: "r"},
 }
 
-// tracepoints: read() shows requests starting; execs of the traced
+// tracepoints: read() shows requests starting (without it, readTransfer
+// is attached at once: two uprobe hits a request); execs of the traced
 // executable add processes to watch; exits sweep a process's map entries.
 var tracepoints = []bpfprobe.Tracepoint{
-	{Group: "syscalls", Name: "sys_exit_read", Program: httpProgZtHttpRead},
+	{Group: "syscalls", Name: "sys_exit_read", Program: httpProgZtHttpRead, Optional: true},
 	{Group: "sched", Name: "sched_process_exec", Program: httpProgZtHttpExec, Optional: true},
 	{Group: "sched", Name: "sched_process_exit", Program: httpProgZtHttpExit, Optional: true},
 }

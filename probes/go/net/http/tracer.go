@@ -56,6 +56,15 @@ func Attach(t goprobe.Target, s Sampling) (*Tracer, []error, error) {
 		return nil, warnings, err
 	}
 	tr := &Tracer{Binary: t.Binary, probes: probes}
+	for _, tp := range probes.Missing {
+		if tp.Program == httpProgZtHttpRead {
+			// No read() tracepoint (kernel without syscall tracepoints):
+			// request starts come from the readTransfer uprobe instead.
+			if err := probes.AttachLazy(readTransferSymbol); err != nil {
+				warnings = append(warnings, err)
+			}
+		}
+	}
 	pids := []int{t.PID}
 	if t.PID == 0 {
 		pids = processesOf(st)
@@ -65,6 +74,9 @@ func Attach(t goprobe.Target, s Sampling) (*Tracer, []error, error) {
 	}
 	return tr, warnings, nil
 }
+
+// readTransferSymbol marks a request's start where read() cannot (TLS).
+const readTransferSymbol = "net/http.readTransfer"
 
 // watch makes the kernel side look at the process's read() calls.
 func (t *Tracer) watch(pid uint32) {
@@ -120,7 +132,7 @@ func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 		case httpHttpKindHTTP_PROCESS_EXIT:
 			t.sweep(rec.Pid)
 		case httpHttpKindHTTP_NEED_START:
-			const sym = "net/http.readTransfer"
+			sym := readTransferSymbol
 			if err := t.probes.AttachLazy(sym); err != nil {
 				slog.Warn("TLS requests will have no spans", "binary", t.Binary.Path, "error", err)
 			} else {
