@@ -100,9 +100,12 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 	}
 
 	var tracers []*gohttp.Tracer
+	durations := gohttp.NewDurations()
+	s.tel.AddProducer(durations)
 	attach := func(path string, pid int) {
 		if t := attachHTTP(path, pid, sampling); t != nil {
 			tracers = append(tracers, t)
+			durations.Add(t)
 		}
 	}
 	for _, exe := range o.exes {

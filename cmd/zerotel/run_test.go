@@ -130,6 +130,16 @@ func TestRunExeFollowsRestartsAndExports(t *testing.T) {
 	if got := m.sum(`http_server_request_duration_seconds_count{.*http_route="/users/\{id\}".*}`); got != 2 {
 		t.Errorf("http_server_request_duration_seconds_count for /users/{id} = %v, want 2\n%s", got, m)
 	}
+	// The handler sleeps 20 ms: both requests in the (0.01, 0.025] bucket.
+	le := func(b string) float64 {
+		return m.sum(`http_server_request_duration_seconds_bucket{.*http_route="/users/\{id\}".*le="` + regexp.QuoteMeta(b) + `".*}`)
+	}
+	if le("0.01") != 0 || le("0.025") != 2 || le("+Inf") != 2 {
+		t.Errorf("buckets le=0.01: %v, le=0.025: %v, le=+Inf: %v; want 0, 2, 2", le("0.01"), le("0.025"), le("+Inf"))
+	}
+	if sum := m.sum(`http_server_request_duration_seconds_sum{.*http_route="/users/\{id\}".*}`); sum < 0.04 || sum > 0.05 {
+		t.Errorf("duration sum %v s, want 2 x ~20 ms", sum)
+	}
 
 	spans, res := rcv.snapshot()
 	var server []*tracepb.Span

@@ -40,16 +40,17 @@ type Config struct {
 type Telemetry struct {
 	Meter metric.Meter
 
-	tp       *sdktrace.TracerProvider
-	tracer   trace.Tracer
-	queue    chan Span
-	done     chan struct{}
-	mp       *sdkmetric.MeterProvider
-	srv      *http.Server
-	addr     net.Addr
-	exported atomic.Uint64
-	failed   atomic.Uint64 // spans whose export failed
-	overflow atomic.Uint64 // spans dropped because the queue was full
+	tp        *sdktrace.TracerProvider
+	tracer    trace.Tracer
+	queue     chan Span
+	done      chan struct{}
+	mp        *sdkmetric.MeterProvider
+	producers producers
+	srv       *http.Server
+	addr      net.Addr
+	exported  atomic.Uint64
+	failed    atomic.Uint64 // spans whose export failed
+	overflow  atomic.Uint64 // spans dropped because the queue was full
 }
 
 // Start builds the pipeline. OTLP export starts only when an endpoint is
@@ -137,7 +138,7 @@ func (t *Telemetry) startMetrics(ctx context.Context, cfg Config, res *resource.
 	if cfg.MetricsAddr != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+		exp, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithProducer(&t.producers))
 		if err != nil {
 			return fmt.Errorf("prometheus exporter: %w", err)
 		}
@@ -147,6 +148,7 @@ func (t *Telemetry) startMetrics(ctx context.Context, cfg Config, res *resource.
 		}
 	}
 	if OTLPEnabled() && os.Getenv("OTEL_METRICS_EXPORTER") != "none" {
+		autoexport.WithFallbackMetricProducer(func(context.Context) (sdkmetric.Producer, error) { return &t.producers, nil })
 		r, err := autoexport.NewMetricReader(ctx)
 		if err != nil {
 			return fmt.Errorf("OTLP metric exporter: %w", err)

@@ -158,6 +158,60 @@ static __always_inline void obj_string(struct scratch *s, int f, __u64 off, __u3
 	put_str(&s->ev, f, (const char *)obj_word(s, off), obj_word(s, off + 8), max);
 }
 
+static const __u64 dur_bounds_ns[N_BOUNDS] = {
+	5000000ULL, 10000000ULL, 25000000ULL, 50000000ULL, 75000000ULL, 100000000ULL, 250000000ULL,
+	500000000ULL, 750000000ULL, 1000000000ULL, 2500000000ULL, 5000000000ULL, 7500000000ULL,
+	10000000000ULL,
+};
+
+// Reads the Go string whose header is at off in s->obj into dst (zero
+// filled: it is part of a map key).
+static __always_inline void key_string(struct scratch *s, char *dst, __u32 size, __u64 off)
+{
+	const char *ptr = (const char *)obj_word(s, off);
+	__u64 len = obj_word(s, off + 8);
+	if (!ptr || !len)
+		return;
+	if (len > size)
+		len = size;
+	bpf_probe_read_user(dst, bounded(len, size * 2 - 1) & (size - 1) ?: size, ptr);
+}
+
+// Adds a finished request to the duration histogram; s->obj holds its
+// *Request.
+static __always_inline void record_duration(struct scratch *s, struct http_event *ev, bool have_req)
+{
+	struct dur_key k = {};
+	if (have_req) {
+		key_string(s, k.method, METHOD_LEN, off_req_method);
+		if (has_pattern)
+			key_string(s, k.route, ROUTE_LEN, off_req_pattern);
+	}
+	k.status = ev->status;
+	k.tls = ev->tls;
+	k.proto_major = ev->proto_major;
+	k.proto_minor = ev->proto_minor;
+
+	struct dur_val *v = bpf_map_lookup_elem(&durations, &k);
+	if (!v) {
+		struct dur_val zero = {};
+		bpf_map_update_elem(&durations, &k, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&durations, &k);
+		if (!v) {
+			count_lost(); // the map is full
+			return;
+		}
+	}
+	__u64 d = ev->end_ns - ev->start_ns;
+	__u32 b = N_BOUNDS;
+	for (int i = N_BOUNDS - 1; i >= 0; i--)
+		if (d <= dur_bounds_ns[i])
+			b = i;
+	v->count++;
+	v->sum_ns += d;
+	v->buckets[b & 15]++;
+}
+
 // A request ends that read() did not show starting. Over TLS read() sees
 // only ciphertext: ask user space, once, to attach the readTransfer probe
 // (from then on this binary's requests cost two probe hits).
@@ -224,26 +278,31 @@ int zt_http_finish_request(struct pt_regs *regs)
 		if (status)
 			ev->status = status;
 	}
-	if (read_obj(s, req)) {
-		// What the duration metric needs, sampled or not.
-		obj_string(s, STR_METHOD, off_req_method, METHOD_LEN);
-		if (has_pattern)
-			obj_string(s, STR_ROUTE, off_req_pattern, ROUTE_LEN);
+	bool have_req = read_obj(s, req);
+	if (have_req) {
 		ev->proto_major = obj_word(s, off_req_proto_major);
 		ev->proto_minor = obj_word(s, off_req_proto_minor);
 		ev->tls = obj_word(s, off_req_tls) != 0;
-		if (ev->sampled) {
-			// What only the span shows.
-			obj_string(s, STR_HOST, off_req_host, HOST_LEN);
-			obj_string(s, STR_PEER, off_req_remote_addr, ADDR_LEN);
-			put_go_string(ev, STR_PATH, (void *)obj_word(s, off_req_url), off_url_path, PATH_LEN);
-			if (r->user_agent[0] && ev->data_len < DATA_MAX) {
-				__u32 off = ev->data_len;
-				__builtin_memcpy(&ev->data[bounded(off, DATA_MAX - 1)], r->user_agent, UA_LEN);
-				ev->str_off[STR_USER_AGENT] = off;
-				ev->str_len[STR_USER_AGENT] = UA_LEN;
-				ev->data_len = off + UA_LEN;
-			}
+	}
+	record_duration(s, ev, have_req);
+	if (!ev->sampled) {
+		// Counted above; no span.
+		bpf_map_delete_elem(&servers, &key);
+		return 0;
+	}
+	if (have_req) {
+		obj_string(s, STR_METHOD, off_req_method, METHOD_LEN);
+		if (has_pattern)
+			obj_string(s, STR_ROUTE, off_req_pattern, ROUTE_LEN);
+		obj_string(s, STR_HOST, off_req_host, HOST_LEN);
+		obj_string(s, STR_PEER, off_req_remote_addr, ADDR_LEN);
+		put_go_string(ev, STR_PATH, (void *)obj_word(s, off_req_url), off_url_path, PATH_LEN);
+		if (r->user_agent[0] && ev->data_len < DATA_MAX) {
+			__u32 off = ev->data_len;
+			__builtin_memcpy(&ev->data[bounded(off, DATA_MAX - 1)], r->user_agent, UA_LEN);
+			ev->str_off[STR_USER_AGENT] = off;
+			ev->str_len[STR_USER_AGENT] = UA_LEN;
+			ev->data_len = off + UA_LEN;
 		}
 	}
 	emit(ev);

@@ -174,6 +174,40 @@ struct {
 	__type(value, __u32);
 } need_start SEC(".maps");
 
+// Server request durations, aggregated here for the
+// http.server.request.duration histogram: every request counts, sampled or
+// not, and an unsampled request then costs no event at all. The key holds
+// what the metric's attributes derive from.
+#define N_BOUNDS 14 // the semantic conventions' buckets, see dur_bounds_ns
+
+struct dur_key {
+	char method[METHOD_LEN];
+	char route[ROUTE_LEN]; // the ServeMux pattern
+	__u16 status;
+	__u8 tls;
+	__u8 proto_major;
+	__u8 proto_minor;
+	__u8 _pad[3];
+};
+
+struct dur_val {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 buckets[N_BOUNDS + 1]; // bucket i: (bound i-1, bound i]
+};
+
+const struct dur_key *unused_dur_key __attribute__((unused));
+const struct dur_val *unused_dur_val __attribute__((unused));
+
+// Past 1024 request shapes (a cardinality problem anyway) new ones are
+// counted as lost.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct dur_key);
+	__type(value, struct dur_val);
+} durations SEC(".maps");
+
 // Processes that hit a probe, so their exit can be reported.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

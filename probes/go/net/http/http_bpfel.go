@@ -13,6 +13,24 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type httpDurKey struct {
+	_          structs.HostLayout
+	Method     [16]int8
+	Route      [128]int8
+	Status     uint16
+	Tls        uint8
+	ProtoMajor uint8
+	ProtoMinor uint8
+	Pad        [3]uint8
+}
+
+type httpDurVal struct {
+	_       structs.HostLayout
+	Count   uint64
+	SumNs   uint64
+	Buckets [15]uint64
+}
+
 type httpGoKey struct {
 	_   structs.HostLayout
 	Pid uint32
@@ -93,6 +111,7 @@ type httpServerReq struct {
 const (
 	httpMapActive               = "active"
 	httpMapClients              = "clients"
+	httpMapDurations            = "durations"
 	httpMapEvents               = "events"
 	httpMapLost                 = "lost"
 	httpMapNeedStart            = "need_start"
@@ -134,6 +153,8 @@ const (
 	httpVarSampleBound          = "sample_bound"
 	httpVarTargetDev            = "target_dev"
 	httpVarTargetIno            = "target_ino"
+	httpVarUnusedDurKey         = "unused_dur_key"
+	httpVarUnusedDurVal         = "unused_dur_val"
 	httpVarUnusedHttpEvent      = "unused_http_event"
 	httpVarUnusedHttpStr        = "unused_http_str"
 )
@@ -195,6 +216,7 @@ type httpProgramSpecs struct {
 type httpMapSpecs struct {
 	Active    *ebpf.MapSpec `ebpf:"active"`
 	Clients   *ebpf.MapSpec `ebpf:"clients"`
+	Durations *ebpf.MapSpec `ebpf:"durations"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Lost      *ebpf.MapSpec `ebpf:"lost"`
 	NeedStart *ebpf.MapSpec `ebpf:"need_start"`
@@ -235,6 +257,8 @@ type httpVariableSpecs struct {
 	SampleBound       *ebpf.VariableSpec `ebpf:"sample_bound"`
 	TargetDev         *ebpf.VariableSpec `ebpf:"target_dev"`
 	TargetIno         *ebpf.VariableSpec `ebpf:"target_ino"`
+	UnusedDurKey      *ebpf.VariableSpec `ebpf:"unused_dur_key"`
+	UnusedDurVal      *ebpf.VariableSpec `ebpf:"unused_dur_val"`
 	UnusedHttpEvent   *ebpf.VariableSpec `ebpf:"unused_http_event"`
 	UnusedHttpStr     *ebpf.VariableSpec `ebpf:"unused_http_str"`
 }
@@ -261,6 +285,7 @@ func (o *httpObjects) Close() error {
 type httpMaps struct {
 	Active    *ebpf.Map `ebpf:"active"`
 	Clients   *ebpf.Map `ebpf:"clients"`
+	Durations *ebpf.Map `ebpf:"durations"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Lost      *ebpf.Map `ebpf:"lost"`
 	NeedStart *ebpf.Map `ebpf:"need_start"`
@@ -274,6 +299,7 @@ func (m *httpMaps) Close() error {
 	return _HttpClose(
 		m.Active,
 		m.Clients,
+		m.Durations,
 		m.Events,
 		m.Lost,
 		m.NeedStart,
@@ -315,6 +341,8 @@ type httpVariables struct {
 	SampleBound       *ebpf.Variable `ebpf:"sample_bound"`
 	TargetDev         *ebpf.Variable `ebpf:"target_dev"`
 	TargetIno         *ebpf.Variable `ebpf:"target_ino"`
+	UnusedDurKey      *ebpf.Variable `ebpf:"unused_dur_key"`
+	UnusedDurVal      *ebpf.Variable `ebpf:"unused_dur_val"`
 	UnusedHttpEvent   *ebpf.Variable `ebpf:"unused_http_event"`
 	UnusedHttpStr     *ebpf.Variable `ebpf:"unused_http_str"`
 }

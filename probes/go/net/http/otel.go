@@ -116,9 +116,10 @@ func (e *Event) Span() telemetry.Span {
 	return s
 }
 
-// Metrics records the semantic-convention request duration histograms.
+// Metrics records http.client.request.duration from client events. The
+// server histogram comes from the kernel's counts (see Durations).
 type Metrics struct {
-	server, client metric.Float64Histogram
+	client metric.Float64Histogram
 
 	// Attribute sets by request shape: building a set sorts and allocates,
 	// and a service sees few shapes, so each is built once.
@@ -143,27 +144,20 @@ var durationBuckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
 
 // NewMetrics creates the instruments on m.
 func NewMetrics(m metric.Meter) (*Metrics, error) {
-	srv, err := m.Float64Histogram("http.server.request.duration", metric.WithUnit("s"),
-		metric.WithDescription("Duration of HTTP server requests."), metric.WithExplicitBucketBoundaries(durationBuckets...))
-	if err != nil {
-		return nil, err
-	}
 	cli, err := m.Float64Histogram("http.client.request.duration", metric.WithUnit("s"),
 		metric.WithDescription("Duration of HTTP client requests."), metric.WithExplicitBucketBoundaries(durationBuckets...))
 	if err != nil {
 		return nil, err
 	}
-	return &Metrics{server: srv, client: cli, sets: map[shape]metric.MeasurementOption{}}, nil
+	return &Metrics{client: cli, sets: map[shape]metric.MeasurementOption{}}, nil
 }
 
-// Record adds one request, sampled or not.
+// Record adds one client request, sampled or not.
 func (m *Metrics) Record(ctx context.Context, e *Event) {
-	k := shape{kind: e.Kind, method: e.Method, scheme: e.Scheme, status: e.Status}
-	if e.Kind == Server {
-		k.route, k.proto = e.Route(), e.Proto
-	} else {
-		k.host = e.Host
+	if e.Kind != Client {
+		return // counted in the kernel
 	}
+	k := shape{kind: e.Kind, method: e.Method, scheme: e.Scheme, status: e.Status, host: e.Host}
 	m.mu.Lock()
 	set, ok := m.sets[k]
 	if !ok {
@@ -173,11 +167,7 @@ func (m *Metrics) Record(ctx context.Context, e *Event) {
 		}
 	}
 	m.mu.Unlock()
-	h := m.client
-	if e.Kind == Server {
-		h = m.server
-	}
-	h.Record(ctx, e.Duration().Seconds(), set)
+	m.client.Record(ctx, e.Duration().Seconds(), set)
 }
 
 func (k shape) attributes() []attribute.KeyValue {
