@@ -4,7 +4,7 @@
 # (full HTTP tracing: spans built, metrics recorded; --output none so the
 # terminal is not what is measured).
 #
-#   sudo bench/http_load.sh               # ROUNDS=3 DUR=10s CONNS=16 by default
+#   sudo bench/http_load.sh               # ROUNDS=3 DUR=10s CONNS=16 SAMPLE=1 by default
 #
 # Reports per path ("/" answers at once, "/sleep" after 1 ms): requests/s and
 # p50/p99 latency (medians over rounds), with/without ratios, uprobe hits per
@@ -14,6 +14,7 @@ ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-10s}
 CONNS=${CONNS:-16}
 PORT=${PORT:-18089}
+SAMPLE=${SAMPLE:-1} # --sample-ratio of the traced runs
 
 [ "$(id -u)" -eq 0 ] || { echo "http_load.sh: run as root (the agent loads eBPF programs)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "http_load.sh: wrk not found: apt-get install wrk" >&2; exit 1; }
@@ -47,7 +48,7 @@ print(sum(p.get("run_cnt", 0) for p in json.load(sys.stdin)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_agent() {
-	bin/zerotel run --exe "$WORK/hello" --output none --metrics-addr 127.0.0.1:0 2>"$WORK/agent.err" &
+	bin/zerotel run --exe "$WORK/hello" --output none --metrics-addr 127.0.0.1:0 --sample-ratio "$SAMPLE" 2>"$WORK/agent.err" &
 	AGENT_PID=$!
 	for _ in $(seq 100); do grep -q "msg=tracing" "$WORK/agent.err" && return; sleep 0.1; done
 	echo "agent did not attach:" >&2; cat "$WORK/agent.err" >&2; exit 1
@@ -67,7 +68,7 @@ run_wrk() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-printf "zerotel HTTP overhead: wrk -t1 -c%s -d%s, %s alternating rounds, %s cores, %s\n\n" "$CONNS" "$DUR" "$ROUNDS" "$(nproc)" "$(go version | awk '{print $3}')"
+printf "zerotel HTTP overhead: wrk -t1 -c%s -d%s, %s alternating rounds, sample ratio %s, %s cores, %s\n\n" "$CONNS" "$DUR" "$ROUNDS" "$SAMPLE" "$(nproc)" "$(go version | awk '{print $3}')"
 printf "| path | mode | req/s | p50 ms | p99 ms | ratio req/s | uprobe hits/req | tracepoint hits/req | agent CPU µs/span |\n|---|---|---|---|---|---|---|---|---|\n"
 for path in / /sleep; do
 	: >"$WORK/base" ; : >"$WORK/traced" ; : >"$WORK/hits" ; : >"$WORK/tphits" ; : >"$WORK/cpu"
