@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	colmetrics "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
@@ -22,6 +23,9 @@ type receiver struct {
 	spans []*tracepb.Span
 	res   []map[string]string // resource attributes of each span
 	URL   string
+
+	// Over HTTP: the last cumulative count of each histogram, by name and route.
+	histCounts map[string]uint64
 }
 
 func (r *receiver) add(req *coltrace.ExportTraceServiceRequest) {
@@ -46,6 +50,36 @@ func (r *receiver) Export(_ context.Context, req *coltrace.ExportTraceServiceReq
 	return &coltrace.ExportTraceServiceResponse{}, nil
 }
 
+func (r *receiver) addMetrics(req *colmetrics.ExportMetricsServiceRequest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.histCounts == nil {
+		r.histCounts = map[string]uint64{}
+	}
+	for _, rm := range req.ResourceMetrics {
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				for _, dp := range m.GetHistogram().GetDataPoints() {
+					route := ""
+					for _, kv := range dp.Attributes {
+						if kv.Key == "http.route" {
+							route = kv.Value.GetStringValue()
+						}
+					}
+					r.histCounts[m.Name+" "+route] = dp.Count
+				}
+			}
+		}
+	}
+}
+
+// histCount is the last count received for histogram name with http.route route.
+func (r *receiver) histCount(name, route string) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.histCounts[name+" "+route]
+}
+
 func (r *receiver) snapshot() ([]*tracepb.Span, []map[string]string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -68,8 +102,21 @@ func grpcReceiver(t *testing.T) *receiver {
 func httpReceiver(t *testing.T) *receiver {
 	r := &receiver{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/v1/metrics" {
+			body, _ := io.ReadAll(req.Body)
+			var msg colmetrics.ExportMetricsServiceRequest
+			if err := proto.Unmarshal(body, &msg); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			r.addMetrics(&msg)
+			b, _ := proto.Marshal(&colmetrics.ExportMetricsServiceResponse{})
+			w.Header().Set("Content-Type", "application/x-protobuf")
+			w.Write(b)
+			return
+		}
 		if req.URL.Path != "/v1/traces" {
-			w.WriteHeader(http.StatusOK) // metrics: accepted and ignored
+			w.WriteHeader(http.StatusNotFound)
 			return
 		}
 		body, _ := io.ReadAll(req.Body)

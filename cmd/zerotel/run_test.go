@@ -222,3 +222,25 @@ func TestRunNothingToTrace(t *testing.T) {
 		assertNoPanic(t, out)
 	}
 }
+
+// TestRunExportsMetricsOverOTLP: the server duration histogram, which the
+// kernel keeps, reaches an OTLP receiver with every request counted.
+func TestRunExportsMetricsOverOTLP(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin := testutil.BuildGo(t, "httpserver")
+	rcv := httpReceiver(t)
+	base, _ := startServer(t, bin)
+	a := startAgent(t, []string{"OTEL_METRIC_EXPORT_INTERVAL=200", "OTEL_TRACES_SAMPLER=always_off"},
+		"run", "--exe", bin, "--output", "none", "--otlp-endpoint", rcv.URL, "--otlp-protocol", "http/protobuf")
+	for i := range 3 {
+		get(t, fmt.Sprintf("%s/users/%d", base, i))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for rcv.histCount("http.server.request.duration", "/users/{id}") != 3 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	a.stop(t)
+	if got := rcv.histCount("http.server.request.duration", "/users/{id}"); got != 3 {
+		t.Errorf("http.server.request.duration count over OTLP = %d, want 3 (sampling off: metrics only)", got)
+	}
+}
