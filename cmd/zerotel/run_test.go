@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"regexp"
@@ -29,6 +30,8 @@ type httpRecord struct {
 	Pattern string
 	Host    string
 	Status  int
+	// NoResponse: a client call that failed before a response.
+	NoResponse bool `json:"no_response"`
 }
 
 func parseHTTPRecords(t *testing.T, out string) []httpRecord {
@@ -186,12 +189,17 @@ func TestRunPidAndSampling(t *testing.T) {
 	}
 }
 
-// TestRunClientBinary traces the requests a Go client program makes.
+// TestRunClientBinary traces the requests a Go client program makes,
+// including one that fails without a response.
 func TestRunClientBinary(t *testing.T) {
 	testutil.RequireRoot(t)
 	base, _ := startServer(t, testutil.BuildGo(t, "httpserver"))
 	client := testutil.BuildGo(t, "httpclient")
-	a := startAgent(t, nil, "run", "--output", "json", "--", client, "GET", base+"/users/5?x=1", "POST", base+"/items", "hello")
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	a := startAgent(t, nil, "run", "--output", "json", "--", client, "GET", base+"/users/5?x=1", "POST", base+"/items", "hello",
+		"GET", closed+"/refused")
 	select {
 	case <-a.exited:
 	case <-time.After(20 * time.Second):
@@ -201,8 +209,9 @@ func TestRunClientBinary(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, a.logs())
 	}
 	recs := parseHTTPRecords(t, a.stdout.String())
-	if len(recs) != 2 || recs[0].Kind != "client" || recs[0].Method != "GET" || recs[0].Status != 200 || recs[0].Path != "/users/5" ||
-		recs[1].Method != "POST" || recs[1].Status != 201 || recs[0].Parent != "0000000000000000" {
+	if len(recs) != 3 || recs[0].Kind != "client" || recs[0].Method != "GET" || recs[0].Status != 200 || recs[0].Path != "/users/5" ||
+		recs[1].Method != "POST" || recs[1].Status != 201 || recs[0].Parent != "0000000000000000" ||
+		recs[2].Path != "/refused" || recs[2].Status != 0 || !recs[2].NoResponse {
 		t.Errorf("client spans %+v", recs)
 	}
 }

@@ -39,6 +39,9 @@ type Event struct {
 	UserAgent    string        `json:"user_agent,omitempty"`
 	Proto        string        `json:"proto,omitempty"` // "1.1"
 	Status       int           `json:"status"`
+	// NoResponse: a client call that failed before any response (refused,
+	// timed out, ...); Status is then 0.
+	NoResponse bool `json:"no_response,omitempty"`
 }
 
 // Duration is how long the request took.
@@ -78,6 +81,7 @@ func decode(r *httpHttpEvent) *Event {
 	}
 	if r.Kind == httpHttpKindHTTP_CLIENT {
 		e.Kind = Client
+		e.NoResponse = r.NoResponse != 0
 		return e
 	}
 	if e.Scheme = "http"; r.Tls != 0 {

@@ -364,6 +364,9 @@ int zt_http_round_trip(struct pt_regs *regs)
 	}
 	struct go_key key = {.pid = pid, .id = (__u64)url};
 	bpf_map_update_elem(&clients, &key, ev, BPF_ANY);
+	struct go_key call = {.pid = pid, .id = ev->goid};
+	__u64 url_key = key.id;
+	bpf_map_update_elem(&client_calls, &call, &url_key, BPF_ANY);
 	mark_active(pid);
 	return 0;
 }
@@ -394,6 +397,33 @@ int zt_http_read_response(struct pt_regs *regs)
 	    line[8] == ' ' && line[9] >= '1' && line[9] <= '5' && line[10] >= '0' && line[10] <= '9' &&
 	    line[11] >= '0' && line[11] <= '9')
 		ev->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+	emit(ev);
+	bpf_map_delete_elem(&clients, &key);
+	return 0;
+}
+
+// urlErrorOp(method string) builds the Op of the *url.Error that
+// (*Client).Do returns when a request fails (refused, timed out, ...):
+// called on errors only, on the goroutine that made the call. Its last
+// client request ends there, without a response.
+SEC("uprobe/urlErrorOp")
+int zt_http_client_error(struct pt_regs *regs)
+{
+	if (go_stack_will_grow(regs, jump_url_error_op))
+		return 0;
+	__u32 pid = current_pid();
+	struct go_key call = {.pid = pid, .id = go_read_int(GO_G(regs), off_g_goid)};
+	__u64 *url_key = bpf_map_lookup_elem(&client_calls, &call);
+	if (!url_key)
+		return 0;
+	struct go_key key = {.pid = pid, .id = *url_key};
+	bpf_map_delete_elem(&client_calls, &call);
+	struct http_event *ev = bpf_map_lookup_elem(&clients, &key);
+	if (!ev)
+		return 0; // it got its response: the error came later
+	ev->end_ns = bpf_ktime_get_boot_ns();
+	ev->status = 0;
+	ev->no_response = 1;
 	emit(ev);
 	bpf_map_delete_elem(&clients, &key);
 	return 0;

@@ -49,7 +49,7 @@ struct http_event {
 	__u8 proto_major;
 	__u8 proto_minor;
 	__u8 tls;
-	__u8 _pad[1];
+	__u8 no_response; // client: the call failed before a response
 	__u16 status;
 	// Strings are packed back to back in data, and the event is sent only
 	// up to data_len: a request's strings are usually a few dozen bytes,
@@ -103,6 +103,7 @@ volatile const bool jump_read_transfer; // probe sits on the stack-check JBE
 volatile const bool jump_finish_request;
 volatile const bool jump_round_trip;
 volatile const bool jump_read_response;
+volatile const bool jump_url_error_op;
 // The traced executable, so processes that start it later are watched too
 // (0: only the pids user space puts in traced).
 volatile const __u64 target_ino;
@@ -147,6 +148,16 @@ struct {
 	__type(value, struct http_event);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 } clients SEC(".maps");
+
+// The client request a goroutine made last (its *url.URL key in clients),
+// so a failure reported on that goroutine finds it.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 2048);
+	__type(key, struct go_key);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+} client_calls SEC(".maps");
 
 // Processes whose read() calls are watched for requests: the traced pid,
 // or every process running the traced executable (see zt_http_exec).

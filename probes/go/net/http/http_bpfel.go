@@ -53,7 +53,7 @@ type httpHttpEvent struct {
 	ProtoMajor   uint8
 	ProtoMinor   uint8
 	Tls          uint8
-	Pad          [1]uint8
+	NoResponse   uint8
 	Status       uint16
 	StrOff       [8]uint16
 	StrLen       [8]uint16
@@ -110,6 +110,7 @@ type httpServerReq struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	httpMapActive               = "active"
+	httpMapClientCalls          = "client_calls"
 	httpMapClients              = "clients"
 	httpMapDurations            = "durations"
 	httpMapEvents               = "events"
@@ -119,6 +120,7 @@ const (
 	httpMapServers              = "servers"
 	httpMapSplit                = "split"
 	httpMapTraced               = "traced"
+	httpProgZtHttpClientError   = "zt_http_client_error"
 	httpProgZtHttpExec          = "zt_http_exec"
 	httpProgZtHttpExit          = "zt_http_exit"
 	httpProgZtHttpFinishRequest = "zt_http_finish_request"
@@ -131,6 +133,7 @@ const (
 	httpVarJumpReadResponse     = "jump_read_response"
 	httpVarJumpReadTransfer     = "jump_read_transfer"
 	httpVarJumpRoundTrip        = "jump_round_trip"
+	httpVarJumpUrlErrorOp       = "jump_url_error_op"
 	httpVarOffBufioBuf          = "off_bufio_buf"
 	httpVarOffBufioR            = "off_bufio_r"
 	httpVarOffG_goid            = "off_g_goid"
@@ -201,6 +204,7 @@ type httpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpProgramSpecs struct {
+	ZtHttpClientError   *ebpf.ProgramSpec `ebpf:"zt_http_client_error"`
 	ZtHttpExec          *ebpf.ProgramSpec `ebpf:"zt_http_exec"`
 	ZtHttpExit          *ebpf.ProgramSpec `ebpf:"zt_http_exit"`
 	ZtHttpFinishRequest *ebpf.ProgramSpec `ebpf:"zt_http_finish_request"`
@@ -214,16 +218,17 @@ type httpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpMapSpecs struct {
-	Active    *ebpf.MapSpec `ebpf:"active"`
-	Clients   *ebpf.MapSpec `ebpf:"clients"`
-	Durations *ebpf.MapSpec `ebpf:"durations"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Lost      *ebpf.MapSpec `ebpf:"lost"`
-	NeedStart *ebpf.MapSpec `ebpf:"need_start"`
-	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
-	Servers   *ebpf.MapSpec `ebpf:"servers"`
-	Split     *ebpf.MapSpec `ebpf:"split"`
-	Traced    *ebpf.MapSpec `ebpf:"traced"`
+	Active      *ebpf.MapSpec `ebpf:"active"`
+	ClientCalls *ebpf.MapSpec `ebpf:"client_calls"`
+	Clients     *ebpf.MapSpec `ebpf:"clients"`
+	Durations   *ebpf.MapSpec `ebpf:"durations"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	Lost        *ebpf.MapSpec `ebpf:"lost"`
+	NeedStart   *ebpf.MapSpec `ebpf:"need_start"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	Servers     *ebpf.MapSpec `ebpf:"servers"`
+	Split       *ebpf.MapSpec `ebpf:"split"`
+	Traced      *ebpf.MapSpec `ebpf:"traced"`
 }
 
 // httpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -235,6 +240,7 @@ type httpVariableSpecs struct {
 	JumpReadResponse  *ebpf.VariableSpec `ebpf:"jump_read_response"`
 	JumpReadTransfer  *ebpf.VariableSpec `ebpf:"jump_read_transfer"`
 	JumpRoundTrip     *ebpf.VariableSpec `ebpf:"jump_round_trip"`
+	JumpUrlErrorOp    *ebpf.VariableSpec `ebpf:"jump_url_error_op"`
 	OffBufioBuf       *ebpf.VariableSpec `ebpf:"off_bufio_buf"`
 	OffBufioR         *ebpf.VariableSpec `ebpf:"off_bufio_r"`
 	OffG_goid         *ebpf.VariableSpec `ebpf:"off_g_goid"`
@@ -283,21 +289,23 @@ func (o *httpObjects) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpMaps struct {
-	Active    *ebpf.Map `ebpf:"active"`
-	Clients   *ebpf.Map `ebpf:"clients"`
-	Durations *ebpf.Map `ebpf:"durations"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Lost      *ebpf.Map `ebpf:"lost"`
-	NeedStart *ebpf.Map `ebpf:"need_start"`
-	Scratch   *ebpf.Map `ebpf:"scratch"`
-	Servers   *ebpf.Map `ebpf:"servers"`
-	Split     *ebpf.Map `ebpf:"split"`
-	Traced    *ebpf.Map `ebpf:"traced"`
+	Active      *ebpf.Map `ebpf:"active"`
+	ClientCalls *ebpf.Map `ebpf:"client_calls"`
+	Clients     *ebpf.Map `ebpf:"clients"`
+	Durations   *ebpf.Map `ebpf:"durations"`
+	Events      *ebpf.Map `ebpf:"events"`
+	Lost        *ebpf.Map `ebpf:"lost"`
+	NeedStart   *ebpf.Map `ebpf:"need_start"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
+	Servers     *ebpf.Map `ebpf:"servers"`
+	Split       *ebpf.Map `ebpf:"split"`
+	Traced      *ebpf.Map `ebpf:"traced"`
 }
 
 func (m *httpMaps) Close() error {
 	return _HttpClose(
 		m.Active,
+		m.ClientCalls,
 		m.Clients,
 		m.Durations,
 		m.Events,
@@ -319,6 +327,7 @@ type httpVariables struct {
 	JumpReadResponse  *ebpf.Variable `ebpf:"jump_read_response"`
 	JumpReadTransfer  *ebpf.Variable `ebpf:"jump_read_transfer"`
 	JumpRoundTrip     *ebpf.Variable `ebpf:"jump_round_trip"`
+	JumpUrlErrorOp    *ebpf.Variable `ebpf:"jump_url_error_op"`
 	OffBufioBuf       *ebpf.Variable `ebpf:"off_bufio_buf"`
 	OffBufioR         *ebpf.Variable `ebpf:"off_bufio_r"`
 	OffG_goid         *ebpf.Variable `ebpf:"off_g_goid"`
@@ -351,6 +360,7 @@ type httpVariables struct {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpPrograms struct {
+	ZtHttpClientError   *ebpf.Program `ebpf:"zt_http_client_error"`
 	ZtHttpExec          *ebpf.Program `ebpf:"zt_http_exec"`
 	ZtHttpExit          *ebpf.Program `ebpf:"zt_http_exit"`
 	ZtHttpFinishRequest *ebpf.Program `ebpf:"zt_http_finish_request"`
@@ -362,6 +372,7 @@ type httpPrograms struct {
 
 func (p *httpPrograms) Close() error {
 	return _HttpClose(
+		p.ZtHttpClientError,
 		p.ZtHttpExec,
 		p.ZtHttpExit,
 		p.ZtHttpFinishRequest,

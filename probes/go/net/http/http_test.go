@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	nethttp "net/http"
 	"os/exec"
 	"slices"
@@ -183,7 +184,11 @@ func waitEmpty(t *testing.T, tr *Tracer) {
 	var counts map[string]int
 	for range 50 {
 		counts = tr.MapEntries()
-		if counts["servers"]+counts["clients"]+counts["active"]+counts["traced"]+counts["split"] == 0 {
+		total := 0
+		for _, n := range counts {
+			total += n
+		}
+		if total == 0 {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -344,4 +349,34 @@ func TestWithoutReadTracepoint(t *testing.T) {
 	if in.TraceID.String() != "0af7651916cd43dd8448eb211c80319c" || in.Parent.String() != "b7ad6b7169203331" {
 		t.Errorf("traceparent not continued: trace %v parent %v", in.TraceID, in.Parent)
 	}
+}
+
+// TestClientCallWithoutResponse: a handler's call to a port nobody listens
+// on is a client span with status Error and no status code, child of the
+// handler's span.
+func TestClientCallWithoutResponse(t *testing.T) {
+	testutil.RequireRoot(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "http://" + ln.Addr().String()
+	ln.Close()
+	bin := testutil.BuildGo(t, "httpserver")
+	_, c := attach(t, bin, 0, Sampling{Ratio: 1, ParentBased: true})
+	base, cmd := server(t, bin, "-backend", closed)
+	resp, err := nethttp.Get(base + "/fanout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	events := c.wait(t, 2)
+	pid := uint32(cmd.Process.Pid)
+	fan := one(t, events, pid, Server, "/fanout")
+	cli := one(t, events, pid, Client, "/users/7")
+	if !cli.NoResponse || cli.Status != 0 || cli.Parent != fan.SpanID || cli.TraceID != fan.TraceID {
+		t.Errorf("client span %+v, want no response, child of %v", *cli, fan.SpanID)
+	}
+	checkSpan(t, cli, map[string]string{"name": "GET", "error": "no response", "error.type": "_OTHER",
+		"http.response.status_code": "", "url.full": closed + "/users/7"})
 }

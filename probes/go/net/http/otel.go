@@ -51,12 +51,31 @@ func (e *Event) name() string {
 	return m
 }
 
-// failed follows the conventions: 5xx fails a server span, 4xx and 5xx a client's.
+// failed follows the conventions: 5xx fails a server span, 4xx and 5xx a
+// client's, and so does a client call that got no response.
 func (e *Event) failed() bool {
 	if e.Kind == Server {
 		return e.Status >= 500
 	}
-	return e.Status >= 400
+	return e.Status >= 400 || e.NoResponse
+}
+
+// errorType is error.type for a failed request: the status code, or
+// _OTHER (the conventions' fallback) when there was no response: the Go
+// error's kind is not visible to the probe.
+func (e *Event) errorType() string {
+	if e.NoResponse {
+		return "_OTHER"
+	}
+	return strconv.Itoa(e.Status)
+}
+
+// statusAttr is http.response.status_code, absent without a response.
+func (e *Event) statusAttr() []attribute.KeyValue {
+	if e.NoResponse {
+		return nil
+	}
+	return []attribute.KeyValue{semconv.HTTPResponseStatusCode(e.Status)}
 }
 
 // hostPort splits "host[:port]", defaulting the port by scheme.
@@ -80,7 +99,7 @@ func (e *Event) Span() telemetry.Span {
 		Name: e.name(), Start: e.Start, End: e.End,
 		TraceID: e.TraceID, SpanID: e.SpanID, Parent: e.Parent, ParentRemote: e.ParentRemote,
 	}
-	attrs := append(e.method(), semconv.HTTPResponseStatusCode(e.Status))
+	attrs := append(e.method(), e.statusAttr()...)
 	host, port := hostPort(e.Host, e.Scheme)
 	if e.Kind == Server {
 		s.Kind = trace.SpanKindServer
@@ -109,8 +128,11 @@ func (e *Event) Span() telemetry.Span {
 	}
 	attrs = append(attrs, semconv.ProcessPID(int(e.PID)))
 	if e.failed() {
-		s.Error = strconv.Itoa(e.Status)
-		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(e.Status)))
+		s.Error = e.errorType()
+		if e.NoResponse {
+			s.Error = "no response"
+		}
+		attrs = append(attrs, semconv.ErrorTypeKey.String(e.errorType()))
 	}
 	s.Attributes = attrs
 	return s
@@ -133,6 +155,7 @@ type shape struct {
 	method, scheme, route, host string
 	proto                       string
 	status                      int
+	noResponse                  bool
 }
 
 // maxShapes bounds the cache: past it (a cardinality problem anyway)
@@ -157,7 +180,7 @@ func (m *Metrics) Record(ctx context.Context, e *Event) {
 	if e.Kind != Client {
 		return // counted in the kernel
 	}
-	k := shape{kind: e.Kind, method: e.Method, scheme: e.Scheme, status: e.Status, host: e.Host}
+	k := shape{kind: e.Kind, method: e.Method, scheme: e.Scheme, status: e.Status, host: e.Host, noResponse: e.NoResponse}
 	m.mu.Lock()
 	set, ok := m.sets[k]
 	if !ok {
@@ -171,10 +194,10 @@ func (m *Metrics) Record(ctx context.Context, e *Event) {
 }
 
 func (k shape) attributes() []attribute.KeyValue {
-	e := Event{Kind: k.kind, Method: k.method, Status: k.status}
-	attrs := append(e.method(), semconv.HTTPResponseStatusCode(k.status), semconv.URLScheme(k.scheme))
+	e := Event{Kind: k.kind, Method: k.method, Status: k.status, NoResponse: k.noResponse}
+	attrs := append(append(e.method(), e.statusAttr()...), semconv.URLScheme(k.scheme))
 	if e.failed() {
-		attrs = append(attrs, semconv.ErrorTypeKey.String(strconv.Itoa(k.status)))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(e.errorType()))
 	}
 	if k.kind == Server {
 		if k.route != "" {

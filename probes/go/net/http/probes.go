@@ -28,6 +28,11 @@ var uprobes = []goprobe.Uprobe{
 		Needs: []string{"off_req_url", "off_bufio_buf", "off_bufio_r"},
 	},
 	{
+		Symbol: "net/http.urlErrorOp", Program: httpProgZtHttpClientError, AtJump: "jump_url_error_op",
+		Does:  "client request failure",
+		Needs: []string{"off_g_goid"},
+	},
+	{
 		// Lazy: read() shows plain-HTTP requests starting; this probe is
 		// attached only once a request over TLS is seen (see no_start).
 		Symbol: readTransferSymbol, Program: httpProgZtHttpReadTransfer, AtJump: "jump_read_transfer",

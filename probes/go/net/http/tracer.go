@@ -147,7 +147,7 @@ func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 // sweep deletes what a process that exited left in the in-flight maps
 // (requests it never finished).
 func (t *Tracer) sweep(pid uint32) {
-	for _, name := range []string{httpMapServers, httpMapClients, httpMapSplit} {
+	for _, name := range []string{httpMapServers, httpMapClients, httpMapClientCalls, httpMapSplit} {
 		m := t.probes.Coll.Maps[name]
 		for _, k := range keys(m) {
 			if binary.LittleEndian.Uint32(k[:4]) == pid {
@@ -181,7 +181,7 @@ func keys(m *ebpf.Map) [][]byte {
 // MapEntries counts the entries of the in-flight maps, for tests and health.
 func (t *Tracer) MapEntries() map[string]int {
 	counts := map[string]int{}
-	for _, name := range []string{httpMapServers, httpMapClients, httpMapActive, httpMapTraced, httpMapSplit} {
+	for _, name := range []string{httpMapServers, httpMapClients, httpMapClientCalls, httpMapActive, httpMapTraced, httpMapSplit} {
 		counts[name] = len(keys(t.probes.Coll.Maps[name]))
 	}
 	return counts
