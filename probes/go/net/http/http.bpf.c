@@ -165,38 +165,48 @@ static const __u64 dur_bounds_ns[N_BOUNDS] = {
 };
 
 // Reads the Go string whose header is at off in s->obj into dst (zero
-// filled: it is part of a map key).
-static __always_inline void key_string(struct scratch *s, char *dst, __u32 size, __u64 off)
+// filled: it is part of a map key). Returns the bytes kept.
+static __always_inline __u32 key_string(struct scratch *s, char *dst, __u32 size, __u64 off)
 {
 	const char *ptr = (const char *)obj_word(s, off);
 	__u64 len = obj_word(s, off + 8);
 	if (!ptr || !len)
-		return;
+		return 0;
 	if (len > size)
 		len = size;
-	bpf_probe_read_user(dst, bounded(len, size * 2 - 1) & (size - 1) ?: size, ptr);
+	if (bpf_probe_read_user(dst, bounded(len, size * 2 - 1) & (size - 1) ?: size, ptr))
+		return 0;
+	return len;
 }
 
-// Adds a finished request to the duration histogram; s->obj holds its
-// *Request.
-static __always_inline void record_duration(struct scratch *s, struct http_event *ev, bool have_req)
+// Appends len bytes of the kernel copy src (a key field of size bytes) to
+// ev->data as string field f: the key already holds what the span shows,
+// so user memory is not read twice.
+static __always_inline void put_copied(struct http_event *ev, int f, const char *src, __u32 len, __u32 size)
 {
-	struct dur_key k = {};
-	if (have_req) {
-		key_string(s, k.method, METHOD_LEN, off_req_method);
-		if (has_pattern)
-			key_string(s, k.route, ROUTE_LEN, off_req_pattern);
-	}
-	k.status = ev->status;
-	k.tls = ev->tls;
-	k.proto_major = ev->proto_major;
-	k.proto_minor = ev->proto_minor;
+	__u32 off = ev->data_len;
+	if (!len || off >= DATA_MAX || f >= STR_COUNT)
+		return;
+	__builtin_memcpy(&ev->data[bounded(off, DATA_MAX - 1)], src, size); // data has slack
+	ev->str_off[f & (STR_COUNT - 1)] = off;
+	ev->str_len[f & (STR_COUNT - 1)] = len;
+	ev->data_len = off + len;
+}
 
-	struct dur_val *v = bpf_map_lookup_elem(&durations, &k);
+// Adds a finished request, whose histogram key is k, to the duration
+// histogram.
+static __always_inline void record_duration(struct dur_key *k, struct http_event *ev)
+{
+	k->status = ev->status;
+	k->tls = ev->tls;
+	k->proto_major = ev->proto_major;
+	k->proto_minor = ev->proto_minor;
+
+	struct dur_val *v = bpf_map_lookup_elem(&durations, k);
 	if (!v) {
 		struct dur_val zero = {};
-		bpf_map_update_elem(&durations, &k, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&durations, &k);
+		bpf_map_update_elem(&durations, k, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&durations, k);
 		if (!v) {
 			count_lost(); // the map is full
 			return;
@@ -279,21 +289,25 @@ int zt_http_finish_request(struct pt_regs *regs)
 			ev->status = status;
 	}
 	bool have_req = read_obj(s, req);
+	struct dur_key k = {};
+	__u32 method_len = 0, route_len = 0;
 	if (have_req) {
 		ev->proto_major = obj_word(s, off_req_proto_major);
 		ev->proto_minor = obj_word(s, off_req_proto_minor);
 		ev->tls = obj_word(s, off_req_tls) != 0;
+		method_len = key_string(s, k.method, METHOD_LEN, off_req_method);
+		if (has_pattern)
+			route_len = key_string(s, k.route, ROUTE_LEN, off_req_pattern);
 	}
-	record_duration(s, ev, have_req);
+	record_duration(&k, ev);
 	if (!ev->sampled) {
 		// Counted above; no span.
 		bpf_map_delete_elem(&servers, &key);
 		return 0;
 	}
 	if (have_req) {
-		obj_string(s, STR_METHOD, off_req_method, METHOD_LEN);
-		if (has_pattern)
-			obj_string(s, STR_ROUTE, off_req_pattern, ROUTE_LEN);
+		put_copied(ev, STR_METHOD, k.method, method_len, METHOD_LEN);
+		put_copied(ev, STR_ROUTE, k.route, route_len, ROUTE_LEN);
 		obj_string(s, STR_HOST, off_req_host, HOST_LEN);
 		obj_string(s, STR_PEER, off_req_remote_addr, ADDR_LEN);
 		put_go_string(ev, STR_PATH, (void *)obj_word(s, off_req_url), off_url_path, PATH_LEN);
