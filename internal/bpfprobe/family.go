@@ -61,6 +61,9 @@ func Load(name string, spec *ebpf.CollectionSpec, tracepoints []Tracepoint) (*Fa
 	}
 	_ = rlimit.RemoveMemlock() // only matters before kernel 5.11
 
+	if err := setWakeupBytes(spec); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, fmt.Errorf("%s: load BPF objects: %w", name, explain(err))
@@ -192,3 +195,29 @@ func ReadDecoded[E any](ctx context.Context, f *Family, ringName string, decode 
 
 // DrainInterval bounds how long an event waits in a quiet ring buffer.
 const DrainInterval = 100 * time.Millisecond
+
+// setWakeupBytes sizes the batches after which a CPU wakes the ring-buffer
+// reader (wakeup_bytes in zerotel.h): a quarter of the ring split between
+// the CPUs, so the ring holds every CPU's batch with room to spare while
+// the reader wakes, and a batch is between 4 KiB and 256 KiB.
+func setWakeupBytes(spec *ebpf.CollectionSpec) error {
+	v, ok := spec.Variables["wakeup_bytes"]
+	if !ok {
+		return nil
+	}
+	var ring uint32
+	for _, m := range spec.Maps {
+		if m.Type == ebpf.RingBuf && m.MaxEntries > ring {
+			ring = m.MaxEntries
+		}
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil || ring == 0 {
+		return nil // keep the compiled-in default
+	}
+	n := min(max(uint64(ring)/4/uint64(cpus), 4<<10), 256<<10)
+	if err := v.Set(n); err != nil {
+		return fmt.Errorf("set wakeup_bytes: %w", err)
+	}
+	return nil
+}

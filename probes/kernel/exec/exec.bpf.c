@@ -196,7 +196,7 @@ static __always_inline void emit_exec(struct exec_event *e)
 	__u64 size = offsetof(struct exec_event, args) + (e->args_len & (EXEC_ARGS_BUF - 1));
 	if (e->args_len >= EXEC_ARGS_BUF)
 		size = sizeof(*e);
-	if (bpf_ringbuf_output(&events, e, size, ringbuf_wakeup_flags(&events)))
+	if (bpf_ringbuf_output(&events, e, size, ringbuf_wakeup_flags(size)))
 		count_lost();
 }
 
@@ -268,7 +268,7 @@ int zt_proc_exit(void *ctx)
 	e->start_ns = *start;
 	e->end_ns = bpf_ktime_get_boot_ns();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 	bpf_map_delete_elem(&running, &pid);
 	return 0;
 }

@@ -59,6 +59,7 @@ const (
 	execMapEvents          = "events"
 	execMapInflight        = "inflight"
 	execMapLost            = "lost"
+	execMapRingbufPending  = "ringbuf_pending"
 	execMapRunning         = "running"
 	execMapScratch         = "scratch"
 	execProgZtExecDone     = "zt_exec_done"
@@ -68,6 +69,7 @@ const (
 	execProgZtExecatExit   = "zt_execat_exit"
 	execProgZtProcExit     = "zt_proc_exit"
 	execVarUnusedExitEvent = "unused_exit_event"
+	execVarWakeupBytes     = "wakeup_bytes"
 )
 
 // loadExec returns the embedded CollectionSpec for exec.
@@ -124,11 +126,12 @@ type execProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type execMapSpecs struct {
-	Events   *ebpf.MapSpec `ebpf:"events"`
-	Inflight *ebpf.MapSpec `ebpf:"inflight"`
-	Lost     *ebpf.MapSpec `ebpf:"lost"`
-	Running  *ebpf.MapSpec `ebpf:"running"`
-	Scratch  *ebpf.MapSpec `ebpf:"scratch"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Inflight       *ebpf.MapSpec `ebpf:"inflight"`
+	Lost           *ebpf.MapSpec `ebpf:"lost"`
+	RingbufPending *ebpf.MapSpec `ebpf:"ringbuf_pending"`
+	Running        *ebpf.MapSpec `ebpf:"running"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // execVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,6 +139,7 @@ type execMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type execVariableSpecs struct {
 	UnusedExitEvent *ebpf.VariableSpec `ebpf:"unused_exit_event"`
+	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // execObjects contains all objects after they have been loaded into the kernel.
@@ -158,11 +162,12 @@ func (o *execObjects) Close() error {
 //
 // It can be passed to loadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execMaps struct {
-	Events   *ebpf.Map `ebpf:"events"`
-	Inflight *ebpf.Map `ebpf:"inflight"`
-	Lost     *ebpf.Map `ebpf:"lost"`
-	Running  *ebpf.Map `ebpf:"running"`
-	Scratch  *ebpf.Map `ebpf:"scratch"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Inflight       *ebpf.Map `ebpf:"inflight"`
+	Lost           *ebpf.Map `ebpf:"lost"`
+	RingbufPending *ebpf.Map `ebpf:"ringbuf_pending"`
+	Running        *ebpf.Map `ebpf:"running"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *execMaps) Close() error {
@@ -170,6 +175,7 @@ func (m *execMaps) Close() error {
 		m.Events,
 		m.Inflight,
 		m.Lost,
+		m.RingbufPending,
 		m.Running,
 		m.Scratch,
 	)
@@ -180,6 +186,7 @@ func (m *execMaps) Close() error {
 // It can be passed to loadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type execVariables struct {
 	UnusedExitEvent *ebpf.Variable `ebpf:"unused_exit_event"`
+	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // execPrograms contains all programs after they have been loaded into the kernel.

@@ -113,7 +113,7 @@ static __always_inline void emit_close(struct trace_event_raw_inet_sock_set_stat
 		bpf_core_read(e->peer_addr, 4, &ctx->daddr);
 	}
 	__builtin_memcpy(e->comm, c->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
+	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(sizeof(*e)));
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")

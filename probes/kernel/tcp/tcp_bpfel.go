@@ -57,10 +57,12 @@ const (
 	tcpMapConns          = "conns"
 	tcpMapEvents         = "events"
 	tcpMapLost           = "lost"
+	tcpMapRingbufPending = "ringbuf_pending"
 	tcpProgZtTcpAccept   = "zt_tcp_accept"
 	tcpProgZtTcpAccept4  = "zt_tcp_accept4"
 	tcpProgZtTcpState    = "zt_tcp_state"
 	tcpVarUnusedTcpEvent = "unused_tcp_event"
+	tcpVarWakeupBytes    = "wakeup_bytes"
 )
 
 // loadTcp returns the embedded CollectionSpec for tcp.
@@ -114,9 +116,10 @@ type tcpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpMapSpecs struct {
-	Conns  *ebpf.MapSpec `ebpf:"conns"`
-	Events *ebpf.MapSpec `ebpf:"events"`
-	Lost   *ebpf.MapSpec `ebpf:"lost"`
+	Conns          *ebpf.MapSpec `ebpf:"conns"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Lost           *ebpf.MapSpec `ebpf:"lost"`
+	RingbufPending *ebpf.MapSpec `ebpf:"ringbuf_pending"`
 }
 
 // tcpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -124,6 +127,7 @@ type tcpMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcpVariableSpecs struct {
 	UnusedTcpEvent *ebpf.VariableSpec `ebpf:"unused_tcp_event"`
+	WakeupBytes    *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // tcpObjects contains all objects after they have been loaded into the kernel.
@@ -146,9 +150,10 @@ func (o *tcpObjects) Close() error {
 //
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpMaps struct {
-	Conns  *ebpf.Map `ebpf:"conns"`
-	Events *ebpf.Map `ebpf:"events"`
-	Lost   *ebpf.Map `ebpf:"lost"`
+	Conns          *ebpf.Map `ebpf:"conns"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Lost           *ebpf.Map `ebpf:"lost"`
+	RingbufPending *ebpf.Map `ebpf:"ringbuf_pending"`
 }
 
 func (m *tcpMaps) Close() error {
@@ -156,6 +161,7 @@ func (m *tcpMaps) Close() error {
 		m.Conns,
 		m.Events,
 		m.Lost,
+		m.RingbufPending,
 	)
 }
 
@@ -164,6 +170,7 @@ func (m *tcpMaps) Close() error {
 // It can be passed to loadTcpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcpVariables struct {
 	UnusedTcpEvent *ebpf.Variable `ebpf:"unused_tcp_event"`
+	WakeupBytes    *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // tcpPrograms contains all programs after they have been loaded into the kernel.

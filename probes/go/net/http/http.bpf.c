@@ -15,10 +15,11 @@
 //                              ReadResponse (response arrives: end)
 // No return probes: Go moves goroutine stacks, which breaks uretprobes.
 //
-// In-flight state lives in LRU maps keyed by process and goroutine id
-// (server) or process and *url.URL (client: the request is shallow-copied
-// inside the transport, its URL pointer is not), deleted when the operation
-// ends and swept by user space when the process exits.
+// In-flight state lives in bounded maps keyed by process and goroutine id
+// (server: the inflight table, see http.h) or process and *url.URL (client
+// LRU maps: the request is shallow-copied inside the transport, its URL
+// pointer is not), freed when the operation ends and swept by user space
+// when the process exits.
 #include "vmlinux.h"
 #include "zerotel.h"
 #include "goabi.h"
@@ -66,9 +67,10 @@ static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __
 		r->sampled = sample_root(r->trace_id);
 	}
 	random_bytes(r->span_id, 8);
-
-	struct go_key key = {.pid = pid, .id = go_read_int(g, off_g_goid)};
-	bpf_map_update_elem(&servers, &key, r, BPF_ANY);
+	struct server_slot *slot = inflight_claim(pid, go_read_int(g, off_g_goid));
+	if (!slot)
+		return false;
+	__builtin_memcpy(&slot->req, r, sizeof(*r));
 	mark_active(pid);
 	return true;
 }
@@ -130,8 +132,7 @@ int zt_http_read_transfer(struct pt_regs *regs)
 		return 0;
 	__u32 pid = current_pid();
 	void *g = GO_G(regs);
-	struct go_key key = {.pid = pid, .id = go_read_int(g, off_g_goid)};
-	if (bpf_map_lookup_elem(&servers, &key))
+	if (inflight_find(pid, go_read_int(g, off_g_goid)))
 		return 0; // read() already started it
 	// The request's header bytes are the start of the connection's read
 	// buffer, up to the reader's position.
@@ -256,15 +257,15 @@ int zt_http_finish_request(struct pt_regs *regs)
 		return 0;
 	__u32 pid = current_pid();
 	__u64 goid = go_read_int(GO_G(regs), off_g_goid);
-	struct go_key key = {.pid = pid, .id = goid};
-	struct server_req *r = bpf_map_lookup_elem(&servers, &key);
-	if (!r) {
+	struct server_slot *slot = inflight_find(pid, goid);
+	if (!slot) {
 		no_start(pid, GO_ARG1(regs));
 		return 0;
 	}
 	struct scratch *s = get_scratch();
 	if (!s)
 		return 0;
+	struct server_req *r = &slot->req;
 	struct http_event *ev = &s->ev;
 	ev->kind = HTTP_SERVER;
 	ev->pid = pid;
@@ -302,7 +303,7 @@ int zt_http_finish_request(struct pt_regs *regs)
 	record_duration(&k, ev);
 	if (!ev->sampled) {
 		// Counted above; no span.
-		bpf_map_delete_elem(&servers, &key);
+		slot->tag = 0;
 		return 0;
 	}
 	if (have_req) {
@@ -319,8 +320,8 @@ int zt_http_finish_request(struct pt_regs *regs)
 			ev->data_len = off + UA_LEN;
 		}
 	}
+	slot->tag = 0; // ev holds all it needs
 	emit(ev);
-	bpf_map_delete_elem(&servers, &key);
 	return 0;
 }
 
@@ -330,12 +331,10 @@ int zt_http_finish_request(struct pt_regs *regs)
 // request, else that of the goroutine that started it.
 static __always_inline struct server_req *parent_of(__u32 pid, void *g)
 {
-	struct go_key key = {.pid = pid, .id = go_read_int(g, off_g_goid)};
-	struct server_req *parent = bpf_map_lookup_elem(&servers, &key);
-	if (parent)
-		return parent;
-	key.id = go_read_int(g, off_g_parent_goid);
-	return bpf_map_lookup_elem(&servers, &key);
+	struct server_slot *slot = inflight_find(pid, go_read_int(g, off_g_goid));
+	if (!slot)
+		slot = inflight_find(pid, go_read_int(g, off_g_parent_goid));
+	return slot ? &slot->req : NULL;
 }
 
 // (*Transport).roundTrip(t, req): a client request starts.
@@ -480,6 +479,6 @@ int zt_http_exit(void *ctx)
 	__builtin_memset(ev, 0, offsetof(struct http_event, data));
 	ev->kind = HTTP_PROCESS_EXIT;
 	ev->pid = pid;
-	bpf_ringbuf_submit(ev, ringbuf_wakeup_flags(&events));
+	bpf_ringbuf_submit(ev, ringbuf_wakeup_flags(offsetof(struct http_event, data)));
 	return 0;
 }

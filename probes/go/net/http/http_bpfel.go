@@ -88,21 +88,35 @@ const (
 type httpScratch struct {
 	_   structs.HostLayout
 	Ev  httpHttpEvent
-	Req httpServerReq
+	Req struct {
+		_            structs.HostLayout
+		StartNs      uint64
+		TraceId      [16]uint8
+		SpanId       [8]uint8
+		ParentSpanId [8]uint8
+		Sampled      uint8
+		ParentRemote uint8
+		Pad          [6]uint8
+		UserAgent    [128]int8
+	}
 	Obj [272]int8
 	Hdr [2240]int8
 }
 
-type httpServerReq struct {
-	_            structs.HostLayout
-	StartNs      uint64
-	TraceId      [16]uint8
-	SpanId       [8]uint8
-	ParentSpanId [8]uint8
-	Sampled      uint8
-	ParentRemote uint8
-	Pad          [6]uint8
-	UserAgent    [128]int8
+type httpServerSlot struct {
+	_   structs.HostLayout
+	Tag uint64
+	Req struct {
+		_            structs.HostLayout
+		StartNs      uint64
+		TraceId      [16]uint8
+		SpanId       [8]uint8
+		ParentSpanId [8]uint8
+		Sampled      uint8
+		ParentRemote uint8
+		Pad          [6]uint8
+		UserAgent    [128]int8
+	}
 }
 
 // Names of all BPF objects in the ELF.
@@ -114,10 +128,11 @@ const (
 	httpMapClients              = "clients"
 	httpMapDurations            = "durations"
 	httpMapEvents               = "events"
+	httpMapInflight             = "inflight"
 	httpMapLost                 = "lost"
 	httpMapNeedStart            = "need_start"
+	httpMapRingbufPending       = "ringbuf_pending"
 	httpMapScratch              = "scratch"
-	httpMapServers              = "servers"
 	httpMapSplit                = "split"
 	httpMapTraced               = "traced"
 	httpProgZtHttpClientError   = "zt_http_client_error"
@@ -160,6 +175,7 @@ const (
 	httpVarUnusedDurVal         = "unused_dur_val"
 	httpVarUnusedHttpEvent      = "unused_http_event"
 	httpVarUnusedHttpStr        = "unused_http_str"
+	httpVarWakeupBytes          = "wakeup_bytes"
 )
 
 // loadHttp returns the embedded CollectionSpec for http.
@@ -218,17 +234,18 @@ type httpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type httpMapSpecs struct {
-	Active      *ebpf.MapSpec `ebpf:"active"`
-	ClientCalls *ebpf.MapSpec `ebpf:"client_calls"`
-	Clients     *ebpf.MapSpec `ebpf:"clients"`
-	Durations   *ebpf.MapSpec `ebpf:"durations"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Lost        *ebpf.MapSpec `ebpf:"lost"`
-	NeedStart   *ebpf.MapSpec `ebpf:"need_start"`
-	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
-	Servers     *ebpf.MapSpec `ebpf:"servers"`
-	Split       *ebpf.MapSpec `ebpf:"split"`
-	Traced      *ebpf.MapSpec `ebpf:"traced"`
+	Active         *ebpf.MapSpec `ebpf:"active"`
+	ClientCalls    *ebpf.MapSpec `ebpf:"client_calls"`
+	Clients        *ebpf.MapSpec `ebpf:"clients"`
+	Durations      *ebpf.MapSpec `ebpf:"durations"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Inflight       *ebpf.MapSpec `ebpf:"inflight"`
+	Lost           *ebpf.MapSpec `ebpf:"lost"`
+	NeedStart      *ebpf.MapSpec `ebpf:"need_start"`
+	RingbufPending *ebpf.MapSpec `ebpf:"ringbuf_pending"`
+	Scratch        *ebpf.MapSpec `ebpf:"scratch"`
+	Split          *ebpf.MapSpec `ebpf:"split"`
+	Traced         *ebpf.MapSpec `ebpf:"traced"`
 }
 
 // httpVariableSpecs contains global variables before they are loaded into the kernel.
@@ -267,6 +284,7 @@ type httpVariableSpecs struct {
 	UnusedDurVal      *ebpf.VariableSpec `ebpf:"unused_dur_val"`
 	UnusedHttpEvent   *ebpf.VariableSpec `ebpf:"unused_http_event"`
 	UnusedHttpStr     *ebpf.VariableSpec `ebpf:"unused_http_str"`
+	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // httpObjects contains all objects after they have been loaded into the kernel.
@@ -289,17 +307,18 @@ func (o *httpObjects) Close() error {
 //
 // It can be passed to loadHttpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type httpMaps struct {
-	Active      *ebpf.Map `ebpf:"active"`
-	ClientCalls *ebpf.Map `ebpf:"client_calls"`
-	Clients     *ebpf.Map `ebpf:"clients"`
-	Durations   *ebpf.Map `ebpf:"durations"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Lost        *ebpf.Map `ebpf:"lost"`
-	NeedStart   *ebpf.Map `ebpf:"need_start"`
-	Scratch     *ebpf.Map `ebpf:"scratch"`
-	Servers     *ebpf.Map `ebpf:"servers"`
-	Split       *ebpf.Map `ebpf:"split"`
-	Traced      *ebpf.Map `ebpf:"traced"`
+	Active         *ebpf.Map `ebpf:"active"`
+	ClientCalls    *ebpf.Map `ebpf:"client_calls"`
+	Clients        *ebpf.Map `ebpf:"clients"`
+	Durations      *ebpf.Map `ebpf:"durations"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Inflight       *ebpf.Map `ebpf:"inflight"`
+	Lost           *ebpf.Map `ebpf:"lost"`
+	NeedStart      *ebpf.Map `ebpf:"need_start"`
+	RingbufPending *ebpf.Map `ebpf:"ringbuf_pending"`
+	Scratch        *ebpf.Map `ebpf:"scratch"`
+	Split          *ebpf.Map `ebpf:"split"`
+	Traced         *ebpf.Map `ebpf:"traced"`
 }
 
 func (m *httpMaps) Close() error {
@@ -309,10 +328,11 @@ func (m *httpMaps) Close() error {
 		m.Clients,
 		m.Durations,
 		m.Events,
+		m.Inflight,
 		m.Lost,
 		m.NeedStart,
+		m.RingbufPending,
 		m.Scratch,
-		m.Servers,
 		m.Split,
 		m.Traced,
 	)
@@ -354,6 +374,7 @@ type httpVariables struct {
 	UnusedDurVal      *ebpf.Variable `ebpf:"unused_dur_val"`
 	UnusedHttpEvent   *ebpf.Variable `ebpf:"unused_http_event"`
 	UnusedHttpStr     *ebpf.Variable `ebpf:"unused_http_str"`
+	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // httpPrograms contains all programs after they have been loaded into the kernel.

@@ -147,7 +147,8 @@ func (t *Tracer) Run(ctx context.Context, handle func(*Event)) error {
 // sweep deletes what a process that exited left in the in-flight maps
 // (requests it never finished).
 func (t *Tracer) sweep(pid uint32) {
-	for _, name := range []string{httpMapServers, httpMapClients, httpMapClientCalls, httpMapSplit} {
+	t.sweepInflight(func(tag uint64) bool { return uint32(tag>>inflightPidShift) == pid })
+	for _, name := range []string{httpMapClients, httpMapClientCalls, httpMapSplit} {
 		m := t.probes.Coll.Maps[name]
 		for _, k := range keys(m) {
 			if binary.LittleEndian.Uint32(k[:4]) == pid {
@@ -181,8 +182,34 @@ func keys(m *ebpf.Map) [][]byte {
 // MapEntries counts the entries of the in-flight maps, for tests and health.
 func (t *Tracer) MapEntries() map[string]int {
 	counts := map[string]int{}
-	for _, name := range []string{httpMapServers, httpMapClients, httpMapClientCalls, httpMapActive, httpMapTraced, httpMapSplit} {
+	for _, name := range []string{httpMapClients, httpMapClientCalls, httpMapActive, httpMapTraced, httpMapSplit} {
 		counts[name] = len(keys(t.probes.Coll.Maps[name]))
 	}
+	counts[httpMapInflight] = t.sweepInflight(func(uint64) bool { return false })
 	return counts
+}
+
+// inflightPidShift places the pid in an inflight slot's tag (see
+// inflight_tag in http.h).
+const inflightPidShift = 42
+
+// sweepInflight frees the inflight slots whose tag drop reports true, and
+// returns how many taken slots it left.
+func (t *Tracer) sweepInflight(drop func(tag uint64) bool) int {
+	m := t.probes.Coll.Maps[httpMapInflight]
+	var (
+		key  uint32
+		slot httpServerSlot
+		kept int
+	)
+	for it := m.Iterate(); it.Next(&key, &slot); {
+		switch {
+		case slot.Tag == 0:
+		case drop(slot.Tag):
+			_ = m.Update(key, httpServerSlot{}, ebpf.UpdateExist)
+		default:
+			kept++
+		}
+	}
+	return kept
 }
