@@ -90,13 +90,37 @@ func decode(r *httpHttpEvent) *Event {
 	if r.ProtoMajor != 0 {
 		e.Proto = protoVersion(r.ProtoMajor, r.ProtoMinor)
 	}
-	// The kernel copied the header line's rest: the value ends at CR or LF.
-	ua := str(r, httpHttpStrSTR_USER_AGENT)
-	if i := strings.IndexAny(ua, "\r\n\x00"); i >= 0 {
-		ua = ua[:i]
-	}
-	e.UserAgent = ua
+	e.Path, e.Query = splitTarget(e.Path)
+	// The kernel copied header lines' rest: a value ends at CR or LF.
+	e.Host = headerValue(e.Host)
+	e.UserAgent = headerValue(str(r, httpHttpStrSTR_USER_AGENT))
 	return e
+}
+
+// headerValue cuts a header line's rest at its end.
+func headerValue(v string) string {
+	if i := strings.IndexAny(v, "\r\n\x00"); i >= 0 {
+		return v[:i]
+	}
+	return v
+}
+
+// splitTarget splits a server request's target, as sent in the request
+// line, into path and query (as sent: not percent-decoded). An absolute
+// target ("http://host/p", sent to proxies) keeps its path only.
+func splitTarget(target string) (path, query string) {
+	if !strings.HasPrefix(target, "/") {
+		if i := strings.Index(target, "://"); i >= 0 {
+			rest := target[i+3:]
+			if j := strings.IndexAny(rest, "/?"); j >= 0 {
+				target = rest[j:]
+			} else {
+				target = "/"
+			}
+		}
+	}
+	path, query, _ = strings.Cut(target, "?")
+	return path, query
 }
 
 func protoVersion(major, minor uint8) string {

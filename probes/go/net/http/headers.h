@@ -84,6 +84,15 @@ static long scan_word(__u32 w, struct hdr_scan *sc)
 				v = i + 13;
 			if (v + 55 <= sc->len && v < HDR_MAX)
 				sc->found_tp = parse_traceparent(&s->hdr[v & (HDR_MAX - 1)], &s->req);
+		} else if (c0 == 'h' && lower(l[1]) == 'o' && lower(l[2]) == 's' && lower(l[3]) == 't' &&
+			   l[4] == ':') {
+			// "host:" (colon at i+5), an optional space, then the value:
+			// user space cuts it at "\r\n".
+			__u32 v = i + 7;
+			if (s->hdr[(i + 6) & (HDR_MAX - 1)] != ' ')
+				v = i + 6;
+			if (v < HDR_MAX)
+				__builtin_memcpy(s->req.host, &s->hdr[v & (HDR_MAX - 1)], REQ_HOST_LEN);
 		} else if (c0 == 'u' && lower(l[1]) == 's' && lower(l[4]) == '-' &&
 			   lower(l[5]) == 'a' && l[10] == ':') {
 			// "user-agent:" (colon at i+11), an optional space, then the
@@ -96,6 +105,41 @@ static long scan_word(__u32 w, struct hdr_scan *sc)
 		}
 	}
 	return 0;
+}
+
+// Parses the request line that ends at hdr[nl] ("GET /a?b HTTP/1.1\r\n")
+// into r: the method's length, the target's, the minor HTTP version, and
+// the line itself. first, if not 0, is the line's first byte, which an
+// earlier 1-byte read took. Returns false if it is not an HTTP/1.x request
+// line.
+static __always_inline bool parse_request_line(struct scratch *s, __u32 nl, char first, struct server_req *r)
+{
+	if (nl < 14 || nl >= HDR_MAX)
+		return false;
+	const char *v = &s->hdr[(nl - 9) & (HDR_MAX - 1)];
+	if (v[0] != 'H' || v[1] != 'T' || v[2] != 'T' || v[3] != 'P' || v[4] != '/' || v[5] != '1' || v[6] != '.' ||
+	    v[8] != '\r')
+		return false;
+	__u32 m = 0;
+	for (int i = 7; i > 0; i--) // methods are at most 7 bytes (OPTIONS)
+		if (s->hdr[i - (first != 0)] == ' ')
+			m = i;
+	__u32 end = nl - 10 + (first != 0); // the space before "HTTP/1.x"
+	if (!m || end <= m + 1)
+		return false;
+	__u32 n = end - m - 1;
+	if (n > LINE_LEN - m - 1)
+		n = LINE_LEN - m - 1;
+	r->method_len = m;
+	r->target_len = n;
+	r->proto_minor = v[7] - '0';
+	if (first) {
+		r->line[0] = first;
+		__builtin_memcpy(&r->line[1], s->hdr, LINE_LEN - 1);
+	} else {
+		__builtin_memcpy(r->line, s->hdr, LINE_LEN);
+	}
+	return true;
 }
 
 // The first 4 bytes of a request line, as a little-endian word.

@@ -32,15 +32,20 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 // Starts a server request on goroutine g from its raw header bytes at buf:
 // the trace context (an incoming traceparent, else new ids and the
-// sampling decision) and the user agent. Returns false if the bytes are
-// not an HTTP/1.x request.
-static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __s64 n, bool check_line)
+// sampling decision), the request line, host and user agent. first, if not
+// 0, is the request's first byte, which an earlier 1-byte read took.
+// Returns false if the bytes are not an HTTP/1.x request.
+static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __s64 n, char first, bool check_line)
 {
 	struct scratch *s = get_scratch();
 	if (!s || !buf || n <= 0)
 		return false;
 	struct server_req *r = &s->req;
-	__builtin_memset(r, 0, sizeof(*r));
+	// Zeroed up to the strings: those are used only when set (method_len,
+	// host[0], user_agent[0]), not worth ~0.5 KB of stores a request.
+	__builtin_memset(r, 0, offsetof(struct server_req, line));
+	r->host[0] = 0;
+	r->user_agent[0] = 0;
 	r->start_ns = bpf_ktime_get_boot_ns();
 	if (n > HDR_MAX)
 		n = HDR_MAX;
@@ -51,14 +56,8 @@ static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __
 	bpf_loop((n + 7) / 8, scan_word, &sc, 0);
 	// Bytes read from a socket are a request only if the first line ends
 	// in "HTTP/1.x\r\n" (a file starting with "GET " is not).
-	if (check_line) {
-		__u32 nl = sc.first_nl;
-		if (nl < 14 || nl >= HDR_MAX)
-			return false;
-		const char *v = &s->hdr[(nl - 9) & (HDR_MAX - 1)];
-		if (v[0] != 'H' || v[1] != 'T' || v[2] != 'T' || v[3] != 'P' || v[4] != '/' || v[5] != '1' || v[8] != '\r')
-			return false;
-	}
+	if (!parse_request_line(s, sc.first_nl, first, r) && check_line)
+		return false;
 	r->parent_remote = sc.found_tp;
 	if (!r->parent_remote) {
 		random_bytes(r->trace_id, 16);
@@ -71,7 +70,6 @@ static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __
 	if (!slot)
 		return false;
 	__builtin_memcpy(&slot->req, r, sizeof(*r));
-	mark_active(pid);
 	return true;
 }
 
@@ -86,14 +84,15 @@ int zt_http_read(struct trace_event_raw_sys_exit *ctx)
 	if (ret < 1)
 		return 0;
 	__u32 pid = current_pid();
-	if (!bpf_map_lookup_elem(&traced, &pid))
+	__u8 *traced_flags = bpf_map_lookup_elem(&traced, &pid);
+	if (!traced_flags)
 		return 0;
 	// read(fd, buf, n): the arguments are still in the saved user
 	// registers, and R14 holds the goroutine that made the call.
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	__u64 fd = BPF_CORE_READ(regs, di);
-	const char *buf = (const char *)BPF_CORE_READ(regs, si);
-	void *g = (void *)BPF_CORE_READ(regs, r14);
+	__u64 fd = regs->di;
+	const char *buf = (const char *)regs->si;
+	void *g = (void *)regs->r14;
 	struct go_key key = {.pid = pid, .id = fd};
 
 	__u32 w = 0;
@@ -110,15 +109,21 @@ int zt_http_read(struct trace_event_raw_sys_exit *ctx)
 	}
 	if (ret < 16) // shorter than any request line
 		return 0;
-	bool start = is_method(w);
-	__u8 *first = bpf_map_lookup_elem(&split, &key);
-	if (first) {
-		if (!start)
-			start = is_method((__u32)*first | w << 8);
+	char first = 0;
+	if (!is_method(w)) {
+		__u8 *split_first = bpf_map_lookup_elem(&split, &key);
+		if (!split_first)
+			return 0;
+		if (is_method((__u32)*split_first | w << 8))
+			first = *split_first;
 		bpf_map_delete_elem(&split, &key);
+		if (!first)
+			return 0;
 	}
-	if (start)
-		server_start(pid, g, buf, ret, true);
+	if (server_start(pid, g, buf, ret, first, true) && !(*traced_flags & TRACED_ACTIVE)) {
+		mark_active(pid);
+		*traced_flags |= TRACED_ACTIVE;
+	}
 	return 0;
 }
 
@@ -137,7 +142,8 @@ int zt_http_read_transfer(struct pt_regs *regs)
 	// The request's header bytes are the start of the connection's read
 	// buffer, up to the reader's position.
 	void *br = GO_ARG3(regs);
-	server_start(pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), false);
+	if (server_start(pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), 0, false))
+		mark_active(pid);
 	return 0;
 }
 
@@ -291,12 +297,16 @@ int zt_http_finish_request(struct pt_regs *regs)
 	}
 	bool have_req = read_obj(s, req);
 	struct dur_key k = {};
-	__u32 method_len = 0, route_len = 0;
+	__u32 method_len = r->method_len & (METHOD_LEN - 1), route_len = 0;
+	for (int i = 0; i < 8; i++) // methods are at most 7 bytes
+		if (i < method_len)
+			k.method[i] = r->line[i];
+	if (method_len) {
+		ev->proto_major = 1;
+		ev->proto_minor = r->proto_minor;
+	}
 	if (have_req) {
-		ev->proto_major = obj_word(s, off_req_proto_major);
-		ev->proto_minor = obj_word(s, off_req_proto_minor);
 		ev->tls = obj_word(s, off_req_tls) != 0;
-		method_len = key_string(s, k.method, METHOD_LEN, off_req_method);
 		if (has_pattern)
 			route_len = key_string(s, k.route, ROUTE_LEN, off_req_pattern);
 	}
@@ -306,20 +316,23 @@ int zt_http_finish_request(struct pt_regs *regs)
 		slot->tag = 0;
 		return 0;
 	}
-	if (have_req) {
-		put_copied(ev, STR_METHOD, k.method, method_len, METHOD_LEN);
-		put_copied(ev, STR_ROUTE, k.route, route_len, ROUTE_LEN);
-		obj_string(s, STR_HOST, off_req_host, HOST_LEN);
-		obj_string(s, STR_PEER, off_req_remote_addr, ADDR_LEN);
-		put_go_string(ev, STR_PATH, (void *)obj_word(s, off_req_url), off_url_path, PATH_LEN);
-		if (r->user_agent[0] && ev->data_len < DATA_MAX) {
-			__u32 off = ev->data_len;
-			__builtin_memcpy(&ev->data[bounded(off, DATA_MAX - 1)], r->user_agent, UA_LEN);
-			ev->str_off[STR_USER_AGENT] = off;
-			ev->str_len[STR_USER_AGENT] = UA_LEN;
-			ev->data_len = off + UA_LEN;
+	put_copied(ev, STR_METHOD, k.method, method_len, METHOD_LEN);
+	put_copied(ev, STR_ROUTE, k.route, route_len, ROUTE_LEN);
+	if (method_len) {
+		// The request target: user space splits path and query.
+		put_copied(ev, STR_PATH, r->line, method_len + 1 + r->target_len, LINE_LEN);
+		if (ev->str_len[STR_PATH]) {
+			ev->str_off[STR_PATH] += method_len + 1;
+			ev->str_len[STR_PATH] = r->target_len;
 		}
 	}
+	// Header values as copied at the start: user space cuts them at "\r\n".
+	if (r->host[0])
+		put_copied(ev, STR_HOST, r->host, REQ_HOST_LEN, REQ_HOST_LEN);
+	if (r->user_agent[0])
+		put_copied(ev, STR_USER_AGENT, r->user_agent, UA_LEN, UA_LEN);
+	if (have_req)
+		obj_string(s, STR_PEER, off_req_remote_addr, ADDR_LEN);
 	slot->tag = 0; // ev holds all it needs
 	emit(ev);
 	return 0;

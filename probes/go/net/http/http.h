@@ -67,6 +67,12 @@ const enum http_str *unused_http_str __attribute__((unused));
 
 // A server request between its start and end: only what the start knows,
 // so the per-request map update copies little.
+// The request line and headers come from the raw request bytes that start
+// it (read() or the connection's buffer), so the end reads no user memory
+// for them (a user-memory read costs ~0.1 us here).
+#define LINE_LEN 256    // of the request line: method, a space, the target
+#define REQ_HOST_LEN 64 // of the Host header line's rest
+
 struct server_req {
 	__u64 start_ns;
 	__u8 trace_id[16];
@@ -74,7 +80,12 @@ struct server_req {
 	__u8 parent_span_id[8];
 	__u8 sampled;
 	__u8 parent_remote;
-	__u8 _pad[6];
+	__u8 method_len;  // in line; 0: the request line was not understood
+	__u8 proto_minor; // HTTP/1.x
+	__u16 target_len; // in line, after the method and a space
+	__u8 _pad[2];
+	char line[LINE_LEN];
+	char host[REQ_HOST_LEN];
 	char user_agent[UA_LEN];
 };
 
@@ -239,6 +250,9 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } traced SEC(".maps");
+
+// traced's value: flags.
+#define TRACED_ACTIVE 2 // the process has had a request: mark_active was called
 
 // The first byte of a request that a 1-byte read took, by process and fd.
 struct {

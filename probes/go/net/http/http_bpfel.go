@@ -96,7 +96,12 @@ type httpScratch struct {
 		ParentSpanId [8]uint8
 		Sampled      uint8
 		ParentRemote uint8
-		Pad          [6]uint8
+		MethodLen    uint8
+		ProtoMinor   uint8
+		TargetLen    uint16
+		Pad          [2]uint8
+		Line         [256]int8
+		Host         [64]int8
 		UserAgent    [128]int8
 	}
 	Obj [272]int8
@@ -114,7 +119,12 @@ type httpServerSlot struct {
 		ParentSpanId [8]uint8
 		Sampled      uint8
 		ParentRemote uint8
-		Pad          [6]uint8
+		MethodLen    uint8
+		ProtoMinor   uint8
+		TargetLen    uint16
+		Pad          [2]uint8
+		Line         [256]int8
+		Host         [64]int8
 		UserAgent    [128]int8
 	}
 }

@@ -105,6 +105,9 @@ func (e *Event) Span() telemetry.Span {
 		s.Kind = trace.SpanKindServer
 		attrs = append(attrs, semconv.URLPath(e.Path), semconv.URLScheme(e.Scheme),
 			semconv.ServerAddress(host), semconv.ServerPort(port))
+		if e.Query != "" {
+			attrs = append(attrs, semconv.URLQuery(e.Query))
+		}
 		if r := e.Route(); r != "" {
 			attrs = append(attrs, semconv.HTTPRoute(r))
 		}

@@ -13,8 +13,8 @@ var uprobes = []goprobe.Uprobe{
 	{
 		Symbol: "net/http.(*response).finishRequest", Program: httpProgZtHttpFinishRequest, AtJump: "jump_finish_request",
 		Does: "server request end",
-		Needs: []string{"off_g_goid", "off_rw_req", "off_rw_status", "off_req_method", "off_req_url", "off_req_host",
-			"off_req_remote_addr", "off_req_proto_major", "off_req_proto_minor", "off_req_tls", "off_url_path"},
+		// Method, target, version and headers come from the request bytes.
+		Needs: []string{"off_g_goid", "off_rw_req", "off_rw_status", "off_req_remote_addr", "off_req_tls"},
 	},
 	{
 		Symbol: "net/http.(*Transport).roundTrip", Program: httpProgZtHttpRoundTrip, AtJump: "jump_round_trip",
