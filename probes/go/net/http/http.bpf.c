@@ -35,10 +35,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 // sampling decision), the request line, host and user agent. first, if not
 // 0, is the request's first byte, which an earlier 1-byte read took.
 // Returns false if the bytes are not an HTTP/1.x request.
-static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __s64 n, char first, bool check_line)
+static __always_inline bool server_start(struct scratch *s, __u32 pid, void *g, const char *buf, __s64 n,
+					 __u32 have, char first, bool check_line)
 {
-	struct scratch *s = get_scratch();
-	if (!s || !buf || n <= 0)
+	if (!buf || n <= 0)
 		return false;
 	struct server_req *r = &s->req;
 	// Zeroed up to the strings: those are used only when set (method_len,
@@ -50,8 +50,17 @@ static __always_inline bool server_start(__u32 pid, void *g, const char *buf, __
 	if (n > HDR_MAX)
 		n = HDR_MAX;
 	__builtin_memset(&s->hdr[HDR_MAX], 0, 192);
-	if (bpf_probe_read_user(s->hdr, n & (HDR_MAX - 1) ?: HDR_MAX, buf))
-		return false;
+	if (have != HEAD_LEN) {
+		// Nothing read yet (readTransfer), or all of it (a short read).
+		if (!have && bpf_probe_read_user(s->hdr, n & (HDR_MAX - 1) ?: HDR_MAX, buf))
+			return false;
+	} else if (n > HEAD_LEN) {
+		__u32 rest = n - HEAD_LEN;
+		if (rest > HDR_MAX - HEAD_LEN)
+			rest = HDR_MAX - HEAD_LEN;
+		if (bpf_probe_read_user(&s->hdr[HEAD_LEN], rest, buf + HEAD_LEN))
+			return false;
+	}
 	struct hdr_scan sc = {.s = s, .len = n};
 	bpf_loop((n + 7) / 8, scan_word, &sc, 0);
 	// Bytes read from a socket are a request only if the first line ends
@@ -95,20 +104,25 @@ int zt_http_read(struct trace_event_raw_sys_exit *ctx)
 	void *g = (void *)regs->r14;
 	struct go_key key = {.pid = pid, .id = fd};
 
-	__u32 w = 0;
-	if (bpf_probe_read_user(&w, ret < 4 ? 1 : 4, buf))
-		return 0;
 	if (ret == 1) {
 		// The server's background read takes one byte of the next request
 		// on a kept-alive connection: remember it for the rest.
-		if ((w & 0xff) >= 'A' && (w & 0xff) <= 'Z') {
-			__u8 c = w;
+		__u8 c = 0;
+		if (bpf_probe_read_user(&c, 1, buf) == 0 && c >= 'A' && c <= 'Z')
 			bpf_map_update_elem(&split, &key, &c, BPF_ANY);
-		}
 		return 0;
 	}
 	if (ret < 16) // shorter than any request line
 		return 0;
+	struct scratch *s = get_scratch();
+	if (!s)
+		return 0;
+	// The first HEAD_LEN bytes at once: whether a request starts, and most
+	// requests whole, in one read of user memory.
+	__u32 have = ret < HEAD_LEN ? ret : HEAD_LEN;
+	if (bpf_probe_read_user(s->hdr, have, buf))
+		return 0;
+	__u32 w = *(__u32 *)s->hdr;
 	char first = 0;
 	if (!is_method(w)) {
 		__u8 *split_first = bpf_map_lookup_elem(&split, &key);
@@ -120,7 +134,7 @@ int zt_http_read(struct trace_event_raw_sys_exit *ctx)
 		if (!first)
 			return 0;
 	}
-	if (server_start(pid, g, buf, ret, first, true) && !(*traced_flags & TRACED_ACTIVE)) {
+	if (server_start(s, pid, g, buf, ret, have, first, true) && !(*traced_flags & TRACED_ACTIVE)) {
 		mark_active(pid);
 		*traced_flags |= TRACED_ACTIVE;
 	}
@@ -142,7 +156,8 @@ int zt_http_read_transfer(struct pt_regs *regs)
 	// The request's header bytes are the start of the connection's read
 	// buffer, up to the reader's position.
 	void *br = GO_ARG3(regs);
-	if (server_start(pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), 0, false))
+	struct scratch *s = get_scratch();
+	if (s && server_start(s, pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), 0, 0, false))
 		mark_active(pid);
 	return 0;
 }

@@ -12,6 +12,7 @@
 #define ADDR_LEN 64
 #define UA_LEN 128
 #define HDR_MAX 2048 // request header bytes searched for traceparent / user-agent
+#define HEAD_LEN 256 // read first: is it a request (and most requests whole)
 
 // The event's string fields, in data (see struct http_event).
 enum http_str {
