@@ -26,6 +26,9 @@ type Tracepoint struct {
 	Name     string // tracepoint, e.g. "sys_enter_execve"
 	Program  string // program name in the family's BPF object
 	Optional bool   // the family still works without it, with less detail
+	// Else is attached in its place where it is missing: an older
+	// kernel's (costlier) way to see the same thing.
+	Else *Tracepoint
 }
 
 func (t Tracepoint) String() string { return t.Group + ":" + t.Name }
@@ -70,14 +73,12 @@ func Load(name string, spec *ebpf.CollectionSpec, tracepoints []Tracepoint) (*Fa
 	}
 	f := &Family{Name: name, Coll: coll}
 	for _, tp := range tracepoints {
-		prog := coll.Programs[tp.Program]
-		if prog == nil {
+		l, err := f.attachTracepoint(tp)
+		if errors.Is(err, errNoProgram) {
 			f.Close()
-			return nil, fmt.Errorf("%s: program %q missing from the BPF object (regenerate with make generate)", name, tp.Program)
+			return nil, err
 		}
-		l, err := link.Tracepoint(tp.Group, tp.Name, prog, nil)
 		if err != nil {
-			err = fmt.Errorf("%s: attach tracepoint %s: %w", name, tp, explain(err))
 			if !tp.Optional {
 				f.Close()
 				return nil, err
@@ -90,6 +91,30 @@ func Load(name string, spec *ebpf.CollectionSpec, tracepoints []Tracepoint) (*Fa
 	}
 	register(f)
 	return f, nil
+}
+
+var errNoProgram = errors.New("program missing from the BPF object (regenerate with make generate)")
+
+// attachTracepoint attaches tp, or else what tp.Else names.
+func (f *Family) attachTracepoint(tp Tracepoint) (link.Link, error) {
+	prog := f.Coll.Programs[tp.Program]
+	if prog == nil {
+		return nil, fmt.Errorf("%s: %q: %w", f.Name, tp.Program, errNoProgram)
+	}
+	l, err := link.Tracepoint(tp.Group, tp.Name, prog, nil)
+	if err == nil {
+		return l, nil
+	}
+	err = fmt.Errorf("%s: attach tracepoint %s: %w", f.Name, tp, explain(err))
+	if tp.Else == nil {
+		return nil, err
+	}
+	l, elseErr := f.attachTracepoint(*tp.Else)
+	if elseErr != nil {
+		return nil, errors.Join(err, elseErr)
+	}
+	slog.Info("tracepoint unavailable; using its alternative", "probe", f.Name, "tracepoint", tp.String(), "instead", tp.Else.String())
+	return l, nil
 }
 
 // AddLink makes the family own l: it is closed with the family. Families

@@ -162,6 +162,12 @@ func (p *Probes) attach(u placed) error {
 	return nil
 }
 
+// Waiting reports whether the lazy probe on symbol is not attached yet.
+func (p *Probes) Waiting(symbol string) bool {
+	_, ok := p.lazy[symbol]
+	return ok
+}
+
 // AttachLazy attaches the lazy probe on symbol, once; later calls do nothing.
 func (p *Probes) AttachLazy(symbol string) error {
 	u, ok := p.lazy[symbol]

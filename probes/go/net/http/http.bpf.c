@@ -82,14 +82,13 @@ static __always_inline bool server_start(struct scratch *s, __u32 pid, void *g, 
 	return true;
 }
 
-// read() returned in a traced process. If the bytes start an HTTP/1.x
-// request, this is where it starts: no uprobe needed, so a plain-HTTP
-// request costs one uprobe hit (finishRequest) in all. A tracepoint hit on
-// read() is far cheaper than a uprobe hit (KERNEL.md).
-SEC("tracepoint/syscalls/sys_exit_read")
-int zt_http_read(struct trace_event_raw_sys_exit *ctx)
+// A read() in a traced process returned ret bytes. If they start an
+// HTTP/1.x request, this is where it starts: no uprobe needed, so a
+// plain-HTTP request costs one uprobe hit (finishRequest) in all. A
+// tracepoint hit is far cheaper than a uprobe hit (KERNEL.md). sock_only:
+// called from a socket tracepoint, which also fires inside other syscalls.
+static __always_inline int on_read(long ret, bool sock_only)
 {
-	long ret = ctx->ret;
 	if (ret < 1)
 		return 0;
 	__u32 pid = current_pid();
@@ -99,6 +98,8 @@ int zt_http_read(struct trace_event_raw_sys_exit *ctx)
 	// read(fd, buf, n): the arguments are still in the saved user
 	// registers, and R14 holds the goroutine that made the call.
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (sock_only && regs->orig_ax != __NR_read && regs->orig_ax != __NR_recvfrom)
+		return 0; // recvmsg & co: no plain buffer in the registers
 	__u64 fd = regs->di;
 	const char *buf = (const char *)regs->si;
 	void *g = (void *)regs->r14;
@@ -139,6 +140,24 @@ int zt_http_read(struct trace_event_raw_sys_exit *ctx)
 		*traced_flags |= TRACED_ACTIVE;
 	}
 	return 0;
+}
+
+// A socket read returned (sock:sock_recv_length, kernel 6.4+). Preferred
+// to the read() syscall tracepoint: enabling any syscall tracepoint sends
+// every syscall of every process through the kernel's slow path.
+SEC("tracepoint/sock/sock_recv_length")
+int zt_http_sock_recv(struct trace_event_raw_sock_msg_length *ctx)
+{
+	if (ctx->flags & MSG_PEEK)
+		return 0;
+	return on_read(ctx->ret, true);
+}
+
+// read() returned: where the socket tracepoint is missing.
+SEC("tracepoint/syscalls/sys_exit_read")
+int zt_http_read(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_read(ctx->ret, false);
 }
 
 // readTransfer(msg any, r *bufio.Reader) runs once the headers of an

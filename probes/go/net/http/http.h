@@ -14,6 +14,11 @@
 #define HDR_MAX 2048 // request header bytes searched for traceparent / user-agent
 #define HEAD_LEN 256 // read first: is it a request (and most requests whole)
 
+// x86-64 syscall numbers and socket flags (not in vmlinux.h: macros).
+#define __NR_read 0
+#define __NR_recvfrom 45
+#define MSG_PEEK 2
+
 // The event's string fields, in data (see struct http_event).
 enum http_str {
 	STR_METHOD,

@@ -153,6 +153,7 @@ const (
 	httpProgZtHttpReadResponse  = "zt_http_read_response"
 	httpProgZtHttpReadTransfer  = "zt_http_read_transfer"
 	httpProgZtHttpRoundTrip     = "zt_http_round_trip"
+	httpProgZtHttpSockRecv      = "zt_http_sock_recv"
 	httpVarHasPattern           = "has_pattern"
 	httpVarJumpFinishRequest    = "jump_finish_request"
 	httpVarJumpReadResponse     = "jump_read_response"
@@ -238,6 +239,7 @@ type httpProgramSpecs struct {
 	ZtHttpReadResponse  *ebpf.ProgramSpec `ebpf:"zt_http_read_response"`
 	ZtHttpReadTransfer  *ebpf.ProgramSpec `ebpf:"zt_http_read_transfer"`
 	ZtHttpRoundTrip     *ebpf.ProgramSpec `ebpf:"zt_http_round_trip"`
+	ZtHttpSockRecv      *ebpf.ProgramSpec `ebpf:"zt_http_sock_recv"`
 }
 
 // httpMapSpecs contains maps before they are loaded into the kernel.
@@ -399,6 +401,7 @@ type httpPrograms struct {
 	ZtHttpReadResponse  *ebpf.Program `ebpf:"zt_http_read_response"`
 	ZtHttpReadTransfer  *ebpf.Program `ebpf:"zt_http_read_transfer"`
 	ZtHttpRoundTrip     *ebpf.Program `ebpf:"zt_http_round_trip"`
+	ZtHttpSockRecv      *ebpf.Program `ebpf:"zt_http_sock_recv"`
 }
 
 func (p *httpPrograms) Close() error {
@@ -411,6 +414,7 @@ func (p *httpPrograms) Close() error {
 		p.ZtHttpReadResponse,
 		p.ZtHttpReadTransfer,
 		p.ZtHttpRoundTrip,
+		p.ZtHttpSockRecv,
 	)
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/zerotel/zerotel/internal/bpfprobe"
 	"github.com/zerotel/zerotel/internal/goinspect"
 	"github.com/zerotel/zerotel/internal/goprobe"
 	"github.com/zerotel/zerotel/internal/testutil"
@@ -326,28 +327,45 @@ func TestHTTPSServer(t *testing.T) {
 	waitEmpty(t, tr)
 }
 
-// TestWithoutReadTracepoint: on a kernel without syscall tracepoints the
-// readTransfer uprobe marks request starts instead, and spans are the same.
-func TestWithoutReadTracepoint(t *testing.T) {
+// TestRequestStartFallbacks: where the socket read tracepoint is missing
+// (kernels before 6.4) the read() syscall tracepoint marks request starts;
+// without either, the readTransfer uprobe does. Spans are the same.
+func TestRequestStartFallbacks(t *testing.T) {
 	testutil.RequireRoot(t)
-	saved := slices.Clone(tracepoints)
-	t.Cleanup(func() { tracepoints = saved })
-	for i := range tracepoints {
-		if tracepoints[i].Program == httpProgZtHttpRead {
-			tracepoints[i].Name = "sys_exit_no_such_syscall" // as a kernel without it
-		}
-	}
 	bin := testutil.BuildGo(t, "httpserver")
-	_, c := attach(t, bin, 0, Sampling{Ratio: 1, ParentBased: true})
-	base, cmd := server(t, bin)
-	do(t, base)
-	events := c.wait(t, 6)
-	pid := uint32(cmd.Process.Pid)
-	checkSpan(t, one(t, events, pid, Server, "/users/42"), map[string]string{
-		"name": "GET /users/{id}", "http.response.status_code": "200", "user_agent.original": "zerotel-test/1.0"})
-	in := one(t, events, pid, Server, "/users/9")
-	if in.TraceID.String() != "0af7651916cd43dd8448eb211c80319c" || in.Parent.String() != "b7ad6b7169203331" {
-		t.Errorf("traceparent not continued: trace %v parent %v", in.TraceID, in.Parent)
+	for _, tc := range []struct {
+		name     string
+		readExit string // the read() tracepoint, or one that does not exist
+	}{
+		{"read syscall", "sys_exit_read"},
+		{"readTransfer uprobe", "sys_exit_no_such_syscall"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			saved := slices.Clone(tracepoints)
+			t.Cleanup(func() { tracepoints = saved })
+			for i := range tracepoints {
+				if tracepoints[i].Program == httpProgZtHttpSockRecv {
+					tracepoints[i].Name = "sock_no_such_event" // as an older kernel
+					tracepoints[i].Else = &bpfprobe.Tracepoint{Group: "syscalls", Name: tc.readExit, Program: httpProgZtHttpRead}
+				}
+			}
+			tr, c := attach(t, bin, 0, Sampling{Ratio: 1, ParentBased: true})
+			// With a read tracepoint, readTransfer waits for a TLS request.
+			waiting, want := tr.probes.Waiting(readTransferSymbol), tc.readExit == "sys_exit_read"
+			if waiting != want {
+				t.Errorf("readTransfer not attached yet: %v, want %v", waiting, want)
+			}
+			base, cmd := server(t, bin)
+			do(t, base)
+			events := c.wait(t, 6)
+			pid := uint32(cmd.Process.Pid)
+			checkSpan(t, one(t, events, pid, Server, "/users/42"), map[string]string{
+				"name": "GET /users/{id}", "http.response.status_code": "200", "user_agent.original": "zerotel-test/1.0"})
+			in := one(t, events, pid, Server, "/users/9")
+			if in.TraceID.String() != "0af7651916cd43dd8448eb211c80319c" || in.Parent.String() != "b7ad6b7169203331" {
+				t.Errorf("traceparent not continued: trace %v parent %v", in.TraceID, in.Parent)
+			}
+		})
 	}
 }
 

@@ -63,11 +63,13 @@ var fields = []goprobe.Field{
 	{Const: "off_bufio_r", Struct: "bufio.Reader", Field: "r"},
 }
 
-// tracepoints: read() shows requests starting (without it, readTransfer
-// is attached at once: two uprobe hits a request); execs of the traced
+// tracepoints: a socket read shows requests starting (sock_recv_length;
+// before kernel 6.4 the read() syscall tracepoint; without either,
+// readTransfer is attached at once: two uprobe hits a request); execs of the traced
 // executable add processes to watch; exits sweep a process's map entries.
 var tracepoints = []bpfprobe.Tracepoint{
-	{Group: "syscalls", Name: "sys_exit_read", Program: httpProgZtHttpRead, Optional: true},
+	{Group: "sock", Name: "sock_recv_length", Program: httpProgZtHttpSockRecv, Optional: true,
+		Else: &bpfprobe.Tracepoint{Group: "syscalls", Name: "sys_exit_read", Program: httpProgZtHttpRead}},
 	{Group: "sched", Name: "sched_process_exec", Program: httpProgZtHttpExec, Optional: true},
 	{Group: "sched", Name: "sched_process_exit", Program: httpProgZtHttpExit, Optional: true},
 }

@@ -57,8 +57,8 @@ func Attach(t goprobe.Target, s Sampling) (*Tracer, []error, error) {
 	}
 	tr := &Tracer{Binary: t.Binary, probes: probes}
 	for _, tp := range probes.Missing {
-		if tp.Program == httpProgZtHttpRead {
-			// No read() tracepoint (kernel without syscall tracepoints):
+		if tp.Program == httpProgZtHttpSockRecv {
+			// No socket read or read() tracepoint:
 			// request starts come from the readTransfer uprobe instead.
 			if err := probes.AttachLazy(readTransferSymbol); err != nil {
 				warnings = append(warnings, err)
