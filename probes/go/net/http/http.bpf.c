@@ -7,12 +7,14 @@
 // check, an instruction the kernel emulates: ~0.8 us in a loop, several us
 // under load, not the ~11 us of a single-stepped one):
 //   server request: 1 uprobe   (*response).finishRequest (handler done: end)
-//                   + the syscalls:sys_exit_read tracepoint of its read()
-//                     (request bytes arrive: start, trace context)
+//                   + the sock:sock_recv_length tracepoint of its read()
+//                     (request bytes arrive: start, trace context, request
+//                     line and headers; syscalls:sys_exit_read on older kernels)
 //   over TLS:       2 uprobes  + readTransfer (request parsed: start),
 //                     attached once a TLS request is seen
 //   client request: 2 uprobes  (*Transport).roundTrip (start)
-//                              ReadResponse (response arrives: end)
+//                              ReadResponse (response arrives: end), or
+//                              urlErrorOp (failed before any response)
 // No return probes: Go moves goroutine stacks, which breaks uretprobes.
 //
 // In-flight state lives in bounded maps keyed by process and goroutine id
@@ -142,9 +144,10 @@ static __always_inline int on_read(long ret, bool sock_only)
 	return 0;
 }
 
-// A socket read returned (sock:sock_recv_length, kernel 6.4+). Preferred
-// to the read() syscall tracepoint: enabling any syscall tracepoint sends
-// every syscall of every process through the kernel's slow path.
+// A socket read returned (sock:sock_recv_length, in recent kernels: absent
+// in 6.2, present in 6.5). Preferred to the read() syscall tracepoint:
+// enabling any syscall tracepoint sends every syscall of every process
+// through the kernel's slow syscall path.
 SEC("tracepoint/sock/sock_recv_length")
 int zt_http_sock_recv(struct trace_event_raw_sock_msg_length *ctx)
 {

@@ -328,7 +328,7 @@ func TestHTTPSServer(t *testing.T) {
 }
 
 // TestRequestStartFallbacks: where the socket read tracepoint is missing
-// (kernels before 6.4) the read() syscall tracepoint marks request starts;
+// (older kernels) the read() syscall tracepoint marks request starts;
 // without either, the readTransfer uprobe does. Spans are the same.
 func TestRequestStartFallbacks(t *testing.T) {
 	testutil.RequireRoot(t)

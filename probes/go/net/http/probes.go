@@ -64,7 +64,7 @@ var fields = []goprobe.Field{
 }
 
 // tracepoints: a socket read shows requests starting (sock_recv_length;
-// before kernel 6.4 the read() syscall tracepoint; without either,
+// on older kernels the read() syscall tracepoint; without either,
 // readTransfer is attached at once: two uprobe hits a request); execs of the traced
 // executable add processes to watch; exits sweep a process's map entries.
 var tracepoints = []bpfprobe.Tracepoint{
