@@ -120,6 +120,9 @@ func splitTarget(target string) (path, query string) {
 		}
 	}
 	path, query, _ = strings.Cut(target, "?")
+	if path == "" {
+		path = "/"
+	}
 	return path, query
 }
 

@@ -115,7 +115,7 @@ type request struct {
 var script = []request{
 	{method: "GET", path: "/users/42"},
 	{method: "POST", path: "/items", body: strings.Repeat("x", 1500)},
-	{method: "GET", path: "/nope"},
+	{method: "GET", path: "/nope?q=a%20b&x=1"}, // url.query as sent
 	{method: "GET", path: "/fail"},
 	{method: "GET", path: "/users/9", traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
 	{method: "GET", path: "/fanout"},
@@ -244,7 +244,8 @@ func checkScript(t *testing.T, events []*Event, front, backend uint32, base, bac
 	checkSpan(t, one(t, events, front, Server, "/items"), map[string]string{
 		"name": "POST /items", "http.request.method": "POST", "http.route": "/items", "http.response.status_code": "201", "error": ""})
 	checkSpan(t, one(t, events, front, Server, "/nope"), map[string]string{
-		"name": "GET", "http.route": "", "http.response.status_code": "404", "error": ""})
+		"name": "GET", "http.route": "", "http.response.status_code": "404", "error": "",
+		"url.path": "/nope", "url.query": "q=a%20b&x=1"})
 	checkSpan(t, one(t, events, front, Server, "/fail"), map[string]string{
 		"name": "GET /fail", "http.response.status_code": "500", "error": "500"})
 
