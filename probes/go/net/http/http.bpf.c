@@ -38,7 +38,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 // 0, is the request's first byte, which an earlier 1-byte read took.
 // Returns false if the bytes are not an HTTP/1.x request.
 static __always_inline bool server_start(struct scratch *s, __u32 pid, void *g, const char *buf, __s64 n,
-					 __u32 have, char first, bool check_line)
+					 __u32 have, char first)
 {
 	if (!buf || n <= 0)
 		return false;
@@ -65,9 +65,10 @@ static __always_inline bool server_start(struct scratch *s, __u32 pid, void *g, 
 	}
 	struct hdr_scan sc = {.s = s, .len = n};
 	bpf_loop((n + 7) / 8, scan_word, &sc, 0);
-	// Bytes read from a socket are a request only if the first line ends
-	// in "HTTP/1.x\r\n" (a file starting with "GET " is not).
-	if (!parse_request_line(s, sc.first_nl, first, r) && check_line)
+	// Bytes are a request only if the first line ends in "HTTP/1.x\r\n"
+	// (a file starting with "GET " is not; readTransfer also reads the
+	// responses a client gets, which start with "HTTP/1.x").
+	if (!parse_request_line(s, sc.first_nl, first, r))
 		return false;
 	r->parent_remote = sc.found_tp;
 	if (!r->parent_remote) {
@@ -137,7 +138,7 @@ static __always_inline int on_read(long ret, bool sock_only)
 		if (!first)
 			return 0;
 	}
-	if (server_start(s, pid, g, buf, ret, have, first, true) && !(*traced_flags & TRACED_ACTIVE)) {
+	if (server_start(s, pid, g, buf, ret, have, first) && !(*traced_flags & TRACED_ACTIVE)) {
 		mark_active(pid);
 		*traced_flags |= TRACED_ACTIVE;
 	}
@@ -179,7 +180,7 @@ int zt_http_read_transfer(struct pt_regs *regs)
 	// buffer, up to the reader's position.
 	void *br = GO_ARG3(regs);
 	struct scratch *s = get_scratch();
-	if (s && server_start(s, pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), 0, 0, false))
+	if (s && server_start(s, pid, g, go_read_ptr(br, off_bufio_buf), go_read_int(br, off_bufio_r), 0, 0))
 		mark_active(pid);
 	return 0;
 }
