@@ -399,3 +399,29 @@ func TestClientCallWithoutResponse(t *testing.T) {
 	checkSpan(t, cli, map[string]string{"name": "GET", "error": "no response", "error.type": "_OTHER",
 		"http.response.status_code": "", "url.full": closed + "/users/7"})
 }
+
+// TestUnfinishedRequestSwept: a request still in its handler when the
+// server is killed leaves its in-flight slot taken; the process's exit
+// frees it.
+func TestUnfinishedRequestSwept(t *testing.T) {
+	bin := testutil.BuildGo(t, "httpserver")
+	tr, _ := attach(t, bin, 0, Sampling{Ratio: 1, ParentBased: true})
+	base, cmd := server(t, bin)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The handler reads a body that never comes in full: it stays in flight.
+	fmt.Fprintf(conn, "POST /items HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.MapEntries()[httpMapInflight] != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("request in the handler: in-flight slots %v, want 1", tr.MapEntries())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	waitEmpty(t, tr)
+}

@@ -3,6 +3,7 @@ package http
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -194,22 +195,32 @@ func (t *Tracer) MapEntries() map[string]int {
 const inflightPidShift = 42
 
 // sweepInflight frees the inflight slots whose tag drop reports true, and
-// returns how many taken slots it left.
+// returns how many taken slots it left. The table is read in batches: one
+// lookup per slot would be 8192 syscalls.
 func (t *Tracer) sweepInflight(drop func(tag uint64) bool) int {
 	m := t.probes.Coll.Maps[httpMapInflight]
+	keys := make([]uint32, 1024)
+	slots := make([]httpServerSlot, len(keys))
 	var (
-		key  uint32
-		slot httpServerSlot
-		kept int
+		cursor ebpf.MapBatchCursor
+		kept   int
 	)
-	for it := m.Iterate(); it.Next(&key, &slot); {
-		switch {
-		case slot.Tag == 0:
-		case drop(slot.Tag):
-			_ = m.Update(key, httpServerSlot{}, ebpf.UpdateExist)
-		default:
-			kept++
+	for {
+		n, err := m.BatchLookup(&cursor, keys, slots, nil)
+		for i := range n {
+			switch {
+			case slots[i].Tag == 0:
+			case drop(slots[i].Tag):
+				_ = m.Update(keys[i], httpServerSlot{}, ebpf.UpdateExist)
+			default:
+				kept++
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				slog.Warn("net/http: reading the in-flight table", "error", err)
+			}
+			return kept
 		}
 	}
-	return kept
 }
