@@ -23,7 +23,7 @@ func init() {
 			suppressed++
 			return
 		}
-		slog.Warn("telemetry export failed; retrying, and counting what is dropped in zerotel_spans_dropped_total",
+		slog.Warn("telemetry export failed; tracing goes on (spans that cannot be sent are counted in zerotel_spans_dropped_total)",
 			"error", err, "similar_errors_suppressed", suppressed)
 		last, suppressed = time.Now(), 0
 	}))
