@@ -164,11 +164,8 @@ const (
 	httpVarOffBufioR            = "off_bufio_r"
 	httpVarOffG_goid            = "off_g_goid"
 	httpVarOffG_parentGoid      = "off_g_parent_goid"
-	httpVarOffReqHost           = "off_req_host"
 	httpVarOffReqMethod         = "off_req_method"
 	httpVarOffReqPattern        = "off_req_pattern"
-	httpVarOffReqProtoMajor     = "off_req_proto_major"
-	httpVarOffReqProtoMinor     = "off_req_proto_minor"
 	httpVarOffReqRemoteAddr     = "off_req_remote_addr"
 	httpVarOffReqTls            = "off_req_tls"
 	httpVarOffReqUrl            = "off_req_url"
@@ -274,11 +271,8 @@ type httpVariableSpecs struct {
 	OffBufioR         *ebpf.VariableSpec `ebpf:"off_bufio_r"`
 	OffG_goid         *ebpf.VariableSpec `ebpf:"off_g_goid"`
 	OffG_parentGoid   *ebpf.VariableSpec `ebpf:"off_g_parent_goid"`
-	OffReqHost        *ebpf.VariableSpec `ebpf:"off_req_host"`
 	OffReqMethod      *ebpf.VariableSpec `ebpf:"off_req_method"`
 	OffReqPattern     *ebpf.VariableSpec `ebpf:"off_req_pattern"`
-	OffReqProtoMajor  *ebpf.VariableSpec `ebpf:"off_req_proto_major"`
-	OffReqProtoMinor  *ebpf.VariableSpec `ebpf:"off_req_proto_minor"`
 	OffReqRemoteAddr  *ebpf.VariableSpec `ebpf:"off_req_remote_addr"`
 	OffReqTls         *ebpf.VariableSpec `ebpf:"off_req_tls"`
 	OffReqUrl         *ebpf.VariableSpec `ebpf:"off_req_url"`
@@ -364,11 +358,8 @@ type httpVariables struct {
 	OffBufioR         *ebpf.Variable `ebpf:"off_bufio_r"`
 	OffG_goid         *ebpf.Variable `ebpf:"off_g_goid"`
 	OffG_parentGoid   *ebpf.Variable `ebpf:"off_g_parent_goid"`
-	OffReqHost        *ebpf.Variable `ebpf:"off_req_host"`
 	OffReqMethod      *ebpf.Variable `ebpf:"off_req_method"`
 	OffReqPattern     *ebpf.Variable `ebpf:"off_req_pattern"`
-	OffReqProtoMajor  *ebpf.Variable `ebpf:"off_req_proto_major"`
-	OffReqProtoMinor  *ebpf.Variable `ebpf:"off_req_proto_minor"`
 	OffReqRemoteAddr  *ebpf.Variable `ebpf:"off_req_remote_addr"`
 	OffReqTls         *ebpf.Variable `ebpf:"off_req_tls"`
 	OffReqUrl         *ebpf.Variable `ebpf:"off_req_url"`
