@@ -1,26 +1,45 @@
-# zerotel build. `go build ./...` needs no clang: the bpf2go outputs are committed.
-GO ?= go
-CLANG ?= clang
+# goprof: `sudo make demo` shows it, `sudo make test` tests it (both set up first).
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT := out
 
-.PHONY: all build generate check-generate test vmlinux
+.PHONY: setup setup-test demo test lint proto bench clean
 
-all: build
+setup:
+	bash deploy/setup.sh
 
-build:
-	$(GO) build -o bin/zerotel ./cmd/zerotel
+setup-test:
+	bash deploy/setup.sh --test
 
-# Regenerate every bpf2go output (Debian's clang; bpf2go is a go tool).
-generate:
-	BPF2GO_CC=$(CLANG) $(GO) generate ./probes/...
+# Build the sample service, profile it for 10 s, print the top functions and write
+# pprof + speedscope + folded into out/.
+demo: setup
+	@mkdir -p $(OUT)
+	$(PY) -c 'from tests import gobuild; print(gobuild.build("demoservice").path)' > $(OUT)/.demo-bin
+	@set -e; bin=$$(cat $(OUT)/.demo-bin); \
+	  $$bin -addr 127.0.0.1:0 > $(OUT)/demoservice.log 2>&1 & pid=$$!; \
+	  trap "kill $$pid 2>/dev/null" EXIT; sleep 1; \
+	  echo "profiling the demo service (pid $$pid) for 10 s"; \
+	  goprof cpu --pid $$pid --duration 10s -o $(OUT)/demo.pb.gz \
+	    -o $(OUT)/demo.speedscope.json -o $(OUT)/demo.folded; \
+	  echo; echo "open them with: go tool pprof -http=127.0.0.1:8080 $(OUT)/demo.pb.gz" \
+	    "| speedscope $(OUT)/demo.speedscope.json | flamegraph.pl $(OUT)/demo.folded"
 
-# Fail when the committed generated files differ from a fresh generate.
-check-generate: generate
-	@git diff --exit-code --stat -- '*_bpfel.go' '*_bpfel.o' || \
-		(echo "generated BPF files are stale: run make generate and commit" >&2; exit 1)
+test: setup-test
+	$(PY) -m ruff check .
+	$(PY) -m pytest -ra
 
-test:
-	$(GO) test ./...
+lint:
+	$(PY) -m ruff check .
 
-# Re-dump the kernel types CO-RE programs compile against (committed).
-vmlinux:
-	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/headers/vmlinux.h
+# Regenerate the pprof protobuf code (committed).
+proto:
+	$(PY) -m grpc_tools.protoc -I exporters/proto --python_out=exporters/proto exporters/proto/profile.proto
+
+bench: setup-test
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(OUT) build .pytest_cache

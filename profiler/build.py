@@ -1,0 +1,99 @@
+"""Counted samples -> the symbolized profile model.
+
+Each distinct address is resolved once. Two corrections make the stacks match
+what runtime/pprof shows:
+- return addresses (every user frame but the leaf) are looked up at address - 1,
+  the call instruction, as Go's own traceback does;
+- when the sampled function had not set up its frame (a frameless Go leaf, or a
+  prologue), the frame-pointer walk skipped its caller; the word the BPF program
+  read at the stack pointer is that caller's return address and is put back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from goprof.cpu_recorder import RawSample
+from goprof.model import Location, Profile, Sample, ValueType
+from goprof.symbolizer import KernelSymbolizer, ProcessSymbolizer
+
+CPU_SAMPLE_TYPES = [ValueType("samples", "count"), ValueType("cpu", "nanoseconds")]
+CPU_PERIOD_TYPE = ValueType("cpu", "nanoseconds")
+
+
+@dataclass
+class SymbolStats:
+    user_frames: int = 0  # sample-weighted user frame occurrences
+    unnamed_user_frames: int = 0
+    kernel_frames: int = 0
+    unnamed_kernel_frames: int = 0
+    unnamed_addresses: set[int] = field(default_factory=set)
+
+    @property
+    def unnamed_frames(self) -> int:
+        return self.unnamed_user_frames + self.unnamed_kernel_frames
+
+
+class ProfileBuilder:
+    def __init__(self, symbolizers: dict[int, ProcessSymbolizer],
+                 kernel: KernelSymbolizer | None, comms: dict[int, str]) -> None:
+        self.symbolizers = symbolizers
+        self.kernel = kernel
+        self.comms = comms
+        self.stats = SymbolStats()
+        self._kernel_locs: dict[int, Location] = {}
+
+    def user_locations(self, raw: RawSample) -> list[Location]:
+        sym = self.symbolizers.get(raw.pid)
+        if sym is None or not raw.user:
+            return []
+        pcs = list(raw.user)
+        lookups = [pcs[0]] + [pc - 1 for pc in pcs[1:]]
+        if raw.leaf_ret and sym.frameless(pcs[0]):
+            lookups.insert(1, raw.leaf_ret - 1)
+        return [sym.locate(pc) for pc in lookups]
+
+    def kernel_locations(self, raw: RawSample) -> list[Location]:
+        if self.kernel is None:
+            return []
+        out = []
+        for i, pc in enumerate(raw.kernel):
+            addr = pc if i == 0 else pc - 1
+            loc = self._kernel_locs.get(addr)
+            if loc is None:
+                loc = self._kernel_locs[addr] = self.kernel.locate(addr)
+            out.append(loc)
+        return out
+
+    def build_cpu(self, samples: Iterable[RawSample], period_ns: int, time_nanos: int,
+                  duration_nanos: int, comments: list[str]) -> Profile:
+        # Merge identical keys first (the same stack in several windows).
+        merged: Counter[tuple[int, int, tuple[int, ...], tuple[int, ...], int]] = Counter()
+        for raw in samples:
+            merged[(raw.pid, raw.tid, raw.user, raw.kernel, raw.leaf_ret)] += raw.count
+        profile = Profile(sample_types=list(CPU_SAMPLE_TYPES), period_type=CPU_PERIOD_TYPE,
+                          period=period_ns, time_nanos=time_nanos,
+                          duration_nanos=duration_nanos, comments=comments)
+        for (pid, tid, user, kernel, leaf_ret), count in merged.items():
+            raw = RawSample(pid, tid, user, kernel, leaf_ret, count)
+            klocs = self.kernel_locations(raw)
+            ulocs = self.user_locations(raw)
+            self._count(klocs, count, kernel=True)
+            self._count(ulocs, count, kernel=False)
+            locations = tuple(klocs + ulocs)  # leaf first: kernel frames are the leaves
+            labels = {"pid": str(pid), "tid": str(tid), "comm": self.comms.get(pid, "?")}
+            profile.samples.append(Sample(locations, (count, count * period_ns), labels))
+        return profile
+
+    def _count(self, locs: list[Location], count: int, kernel: bool) -> None:
+        unnamed = [loc for loc in locs if not loc.frames]
+        for loc in unnamed:
+            self.stats.unnamed_addresses.add(loc.address)
+        if kernel:
+            self.stats.kernel_frames += len(locs) * count
+            self.stats.unnamed_kernel_frames += len(unnamed) * count
+        else:
+            self.stats.user_frames += len(locs) * count
+            self.stats.unnamed_user_frames += len(unnamed) * count

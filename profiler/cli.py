@@ -1,0 +1,50 @@
+"""The goprof command line: one module per subcommand under goprof.commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from goprof import __version__
+from goprof.commands import cpu, doctor
+from goprof.errors import GoprofError
+
+SUBCOMMANDS = (cpu, doctor)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="goprof",
+        description="CPU and memory profiles of unmodified Go programs, from eBPF.",
+    )
+    p.add_argument("--version", action="version", version=f"goprof {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after "--" is the command to profile, not goprof's flags.
+    command: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    args = parser().parse_args(argv)
+    args.exec_command = command
+    console = Console(stderr=True)
+    try:
+        return args.run(args, console)
+    except GoprofError as e:
+        console.print(f"[bold red]goprof:[/] {e}", highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("goprof: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""`goprof doctor`: what works on this kernel, and why not.
+
+Every check really does the thing (loads and attaches the CPU program, opens a
+perf event), so a pass means `goprof cpu` will work. It also warms the compiled
+BPF cache, which is why `make setup` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from goprof.errors import GoprofError
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    core: bool = True  # goprof cpu cannot work without it
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check what goprof can do on this machine",
+                       description="Check privileges, bcc, kernel headers, perf events and "
+                                   "BPF on this kernel; exit 0 when goprof cpu works, 2 if not.")
+    p.set_defaults(run=run)
+
+
+def _try(name: str, fn: Callable[[], str], core: bool = True) -> Check:
+    try:
+        return Check(name, True, fn(), core)
+    except GoprofError as e:
+        return Check(name, False, str(e), core)
+    except OSError as e:
+        return Check(name, False, f"{e.strerror or e}", core)
+
+
+def _privileges() -> str:
+    from goprof.targets import check_privileges
+
+    check_privileges()
+    return "root" if os.geteuid() == 0 else "CAP_BPF + CAP_PERFMON"
+
+
+def _bcc() -> str:
+    from goprof.bpf.objects import check_bcc_ready
+
+    check_bcc_ready()
+    build = Path("/lib/modules") / os.uname().release / "build"
+    return f"bcc found; kernel headers at {build.resolve()}"
+
+
+def _btf() -> str:
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        raise GoprofError("no /sys/kernel/btf/vmlinux (not needed by goprof cpu)")
+    return "/sys/kernel/btf/vmlinux"
+
+
+def _compile_and_attach() -> str:
+    from goprof.cpu_recorder import CpuRecorder
+
+    started = time.monotonic()
+    rec = CpuRecorder(frequency=99, want_kernel=True, window_s=1.0)
+    rec.open()
+    try:
+        rec.add_target(os.getpid())
+        rec.start()
+        # Burn a little CPU in this process so the program has something to count.
+        end = time.monotonic() + 0.3
+        x = 0
+        while time.monotonic() < end:
+            x += 1
+        rec.stop()
+        window = rec.drain()
+    finally:
+        rec.close()
+    took = time.monotonic() - started
+    how = "from the cache" if rec.compiled_from_cache else "compiled now, cached"
+    if window.stats.counted == 0:
+        raise GoprofError(f"program loaded ({how}) but counted no samples in 0.3 s of CPU")
+    return (f"cpu program loaded ({how}) and attached on {len(rec.cpus)} CPUs: "
+            f"{window.stats.counted} samples of itself in {took:.2f} s")
+
+
+def _kallsyms() -> str:
+    with open("/proc/kallsyms") as f:
+        first = f.readline().split()
+    if not first or int(first[0], 16) == 0:
+        raise GoprofError("kernel addresses are hidden (kptr_restrict): kernel frames "
+                          "will stay unnamed")
+    return "readable"
+
+
+def _stats() -> str:
+    v = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+    return f"kernel.bpf_stats_enabled={v} (1 lets `bench/` measure BPF time per sample)"
+
+
+def _uprobe() -> str:
+    t = Path("/sys/bus/event_source/devices/uprobe/type")
+    if not t.exists():
+        raise GoprofError("no uprobe PMU: goprof mem will not work")
+    return f"uprobe PMU type {struct.unpack('<I', struct.pack('<I', int(t.read_text())))[0]}"
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    checks = [_try("privileges", _privileges)]
+    checks.append(_try("bcc + kernel headers", _bcc))
+    if all(c.ok for c in checks):
+        checks.append(_try("perf_event cpu-clock + BPF", _compile_and_attach))
+    checks += [
+        _try("kernel symbols", _kallsyms, core=False),
+        _try("BTF", _btf, core=False),
+        _try("uprobes (for goprof mem)", _uprobe, core=False),
+        _try("BPF run-time stats", _stats, core=False),
+    ]
+    table = Table(box=None, pad_edge=False, show_header=False)
+    for c in checks:
+        mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.core else "[yellow]no[/]")
+        table.add_row(mark, c.name, c.detail)
+    Console().print(table)
+    works = all(c.ok for c in checks if c.core)
+    Console().print("goprof cpu works here." if works else
+                    "goprof cpu cannot run here: fix the FAIL lines above.")
+    return 0 if works else 2

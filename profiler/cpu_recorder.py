@@ -1,0 +1,233 @@
+"""The kernel side of a CPU profile, seen from user space.
+
+Loads bpf/cpu.c (from the compile cache), opens a cpu-clock perf event on every
+CPU with the program attached, and drains counted samples window by window: a
+window flip sends new samples to the other set of maps, then the old set is
+read and emptied. Closing the file descriptors (or our death) detaches it all.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+
+from goprof.bpf import objects, syscalls
+from goprof.errors import EnvironmentProblem
+
+SOURCE = "cpu.c"
+PROGRAM = "on_cpu_sample"
+
+# config[] and errors[] slots: keep in sync with bpf/cpu.c.
+CONFIG_WINDOW = 0
+CONFIG_WANT_KERNEL = 1
+ERR_SAMPLES = 0
+ERR_USER_COLLISION = 1
+ERR_KERNEL_COLLISION = 2
+ERR_USER_STACK = 3
+ERR_KERNEL_STACK = 4
+ERR_COUNTS_FULL = 5
+ERR_SLOTS = 8
+
+SAMPLE_KEY = struct.Struct("<IIiiQ")  # pid, tid, user_stack, kernel_stack, leaf_ret
+
+# How long samples already running on another CPU may still write to the old
+# window after a flip: a program run takes microseconds.
+FLIP_GRACE_S = 0.005
+
+
+@dataclass(frozen=True)
+class RawSample:
+    pid: int
+    tid: int
+    user: tuple[int, ...]  # leaf first; empty when the user stack was not taken
+    kernel: tuple[int, ...]
+    leaf_ret: int
+    count: int
+
+
+@dataclass
+class Stats:
+    """Counters a run reports at its end (nothing silent)."""
+
+    seen: int = 0  # target samples the program saw
+    counted: int = 0  # samples in the profile
+    user_collisions: int = 0
+    kernel_collisions: int = 0
+    user_stack_errors: int = 0
+    kernel_stack_errors: int = 0
+    counts_full: int = 0
+    truncated: int = 0  # samples whose user stack hit the depth limit
+    missed_runs: int = 0  # program runs the kernel skipped (recursion)
+
+    @property
+    def lost(self) -> int:
+        return max(self.seen - self.counted, 0) + self.missed_runs
+
+    def add(self, other: Stats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Window:
+    samples: list[RawSample] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+
+def map_sizes(frequency: int, window_s: float, cpus: int) -> dict[str, int]:
+    """Map sizes from the most samples one window can hold.
+
+    Counts: at most one new key per sample. Stacks: a STACK_TRACE map has no
+    chaining, two stacks hashing to one bucket collide (counted), so it gets
+    four buckets per possible stack (user + kernel), a power of two, capped.
+    """
+    samples = max(int(frequency * window_s * cpus * 1.25), 256)
+    stacks = 1 << (min(samples * 2 * 4, 32768) - 1).bit_length()
+    counts = min(samples, 65536)
+    return {"counts0": counts, "counts1": counts, "stacks0": stacks, "stacks1": stacks}
+
+
+class CpuRecorder:
+    def __init__(self, frequency: int, want_kernel: bool, window_s: float) -> None:
+        self.frequency = frequency
+        self.period_ns = 1_000_000_000 // frequency
+        self.want_kernel = want_kernel
+        self.cpus = syscalls.online_cpus()
+        self.compiled_from_cache = False
+        self.window = 0
+        self._events: list[int] = []
+        self._stack_depth = 0
+        self._loaded: objects.LoadedObject | None = None
+        self._window_s = window_s
+        self._missed_before = 0
+
+    # -- lifecycle ------------------------------------------------------------
+    def open(self) -> None:
+        obj, self.compiled_from_cache = objects.compiled(SOURCE, [PROGRAM])
+        sizes = map_sizes(self.frequency, self._window_s, len(self.cpus))
+        try:
+            self._loaded = objects.load(obj, sizes=sizes)
+        except syscalls.BPFError as e:
+            raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
+                                     "`goprof doctor` says what this kernel allows") from None
+        self._stack_depth = obj.maps["stacks0"].value_size // 8
+        self._set_config(CONFIG_WINDOW, 0)
+        self._set_config(CONFIG_WANT_KERNEL, int(self.want_kernel))
+        prog = self._loaded.programs[PROGRAM]
+        try:
+            for cpu in self.cpus:
+                fd = syscalls.perf_event_open(cpu, self.period_ns)
+                self._events.append(fd)
+                syscalls.attach_perf_event(fd, prog)
+        except syscalls.BPFError as e:
+            self.close()
+            raise EnvironmentProblem(f"cannot open a cpu-clock perf event: {e}; check "
+                                     "kernel.perf_event_paranoid and that perf events are "
+                                     "available (`goprof doctor`)") from None
+
+    def start(self) -> None:
+        for fd in self._events:
+            syscalls.enable_perf_event(fd)
+
+    def stop(self) -> None:
+        for fd in self._events:
+            syscalls.disable_perf_event(fd)
+
+    def close(self) -> None:
+        for fd in self._events:
+            os.close(fd)
+        self._events.clear()
+        if self._loaded is not None:
+            self._loaded.close()
+            self._loaded = None
+
+    # -- targets --------------------------------------------------------------
+    def add_target(self, pid: int) -> None:
+        self._map("targets").update(struct.pack("<I", pid), b"\x01")
+
+    def remove_target(self, pid: int) -> None:
+        self._map("targets").delete(struct.pack("<I", pid))
+
+    # -- reading --------------------------------------------------------------
+    def samples_seen(self) -> int:
+        """Target samples so far (cheap: one per-CPU lookup), for the progress line."""
+        return self._error_totals()[ERR_SAMPLES]
+
+    def drain(self) -> Window:
+        """Flips the window and returns what the old one holds, leaving it empty."""
+        old = self.window
+        self.window ^= 1
+        self._set_config(CONFIG_WINDOW, self.window)
+        time.sleep(FLIP_GRACE_S)
+        return self._read_window(old)
+
+    def _read_window(self, w: int) -> Window:
+        counts = self._map(f"counts{w}")
+        stacks = self._map(f"stacks{w}")
+        out = Window()
+        cache: dict[int, tuple[int, ...]] = {}
+
+        def stack(stack_id: int) -> tuple[int, ...]:
+            if stack_id < 0:
+                return ()
+            if stack_id not in cache:
+                raw = stacks.lookup(struct.pack("<I", stack_id))
+                ips: tuple[int, ...] = ()
+                if raw is not None:
+                    words = struct.unpack(f"<{len(raw) // 8}Q", raw)
+                    ips = tuple(ip for ip in words if ip)
+                cache[stack_id] = ips
+            return cache[stack_id]
+
+        for key, value in counts.items():
+            pid, tid, ustack, kstack, leaf_ret = SAMPLE_KEY.unpack(key)
+            (count,) = struct.unpack("<Q", value)
+            user = stack(ustack)
+            if len(user) >= self._stack_depth:
+                out.stats.truncated += count
+            out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count))
+            out.stats.counted += count
+        counts.clear()
+        stacks.clear()
+        totals = self._take_errors()
+        out.stats.seen = totals[ERR_SAMPLES]
+        out.stats.user_collisions = totals[ERR_USER_COLLISION]
+        out.stats.kernel_collisions = totals[ERR_KERNEL_COLLISION]
+        out.stats.user_stack_errors = totals[ERR_USER_STACK]
+        out.stats.kernel_stack_errors = totals[ERR_KERNEL_STACK]
+        out.stats.counts_full = totals[ERR_COUNTS_FULL]
+        missed = self.program_stats().get("recursion_misses", 0)
+        out.stats.missed_runs = missed - self._missed_before
+        self._missed_before = missed
+        return out
+
+    def program_stats(self) -> dict[str, int]:
+        assert self._loaded is not None
+        info = syscalls.prog_info(self._loaded.programs[PROGRAM])
+        return {"run_time_ns": info.run_time_ns, "run_cnt": info.run_cnt,
+                "recursion_misses": info.recursion_misses}
+
+    # -- helpers --------------------------------------------------------------
+    def _map(self, name: str) -> syscalls.Map:
+        assert self._loaded is not None, "open() first"
+        return self._loaded.maps[name]
+
+    def _set_config(self, slot: int, value: int) -> None:
+        self._map("config").update(struct.pack("<I", slot), struct.pack("<I", value))
+
+    def _error_totals(self) -> list[int]:
+        errors = self._map("errors")
+        totals = []
+        for slot in range(ERR_SLOTS):
+            raw = errors.lookup(struct.pack("<I", slot)) or b""
+            totals.append(sum(struct.unpack(f"<{len(raw) // 8}Q", raw)))
+        return totals
+
+    def _take_errors(self) -> list[int]:
+        """The error counters since the last call (they are never reset in the kernel)."""
+        totals = self._error_totals()
+        prev = getattr(self, "_errors_before", [0] * ERR_SLOTS)
+        self._errors_before = totals
+        return [t - p for t, p in zip(totals, prev, strict=True)]

@@ -1,0 +1,285 @@
+"""A CPU profiling session: targets in, one profile file out.
+
+Order matters for what users get: symbol tables are snapshotted before
+recording (a target that exits keeps its names), the kernel side is drained
+window by window, and whatever ends the run (duration, Ctrl-C, every target
+gone) the samples collected so far are written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from goprof import __version__
+from goprof.build import ProfileBuilder
+from goprof.cpu_recorder import CpuRecorder, RawSample, Stats
+from goprof.errors import EnvironmentProblem
+from goprof.exporters import Exporter
+from goprof.model import Profile
+from goprof.report import print_counters, print_top
+from goprof.symbolizer import (
+    BinaryCache,
+    KernelSymbolizer,
+    ProcessGone,
+    ProcessSymbolizer,
+    SymbolizerError,
+)
+from goprof.targets import Target, alive, check_privileges, target_for_pid
+
+# Windows are drained at least this often, so the maps stay small on long runs.
+MAX_WINDOW_S = 10.0
+TICK_S = 0.5
+
+
+@dataclass
+class CpuOptions:
+    pids: list[int]
+    command: list[str]
+    duration: float | None
+    frequency: int
+    kernel: bool
+    outputs: list[tuple[Path, Exporter]]
+
+
+@dataclass
+class RunResult:
+    profile: Profile
+    stats: Stats
+    ended_by: str
+    outputs: list[Path]
+    targets: list[Target] = field(default_factory=list)
+    exit_code: int = 0
+
+
+class CpuSession:
+    def __init__(self, options: CpuOptions, console: Console | None = None) -> None:
+        self.opts = options
+        self.console = console or Console(stderr=True)
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self.child: subprocess.Popen | None = None
+        self.first_sample_s: float | None = None
+
+    # -- signals --------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = "interrupted (Ctrl-C)" if signum == signal.SIGINT else \
+                f"stopped by {signal.Signals(signum).name}"
+        self._stop.set()
+
+    def run(self) -> RunResult:
+        started_mono = time.monotonic()
+        check_privileges()
+        targets = [target_for_pid(pid) for pid in self.opts.pids]
+        window_s = min(self.opts.duration or MAX_WINDOW_S, MAX_WINDOW_S)
+        recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, window_s)
+        recorder.open()
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.opts.command:
+                targets.append(self._start_command())
+            cache = BinaryCache()
+            symbolizers: dict[int, ProcessSymbolizer] = {}
+            for t in targets:
+                recorder.add_target(t.pid)
+                symbolizers[t.pid] = self._snapshot(t, cache)
+            kernel = self._kernel_symbolizer()
+            start_ns = time.time_ns()
+            recorder.start()
+            setup_s = time.monotonic() - started_mono
+            samples, stats, ended_by, elapsed = self._record(recorder, targets, symbolizers)
+        finally:
+            recorder.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        exit_code = 0
+        if self.child is not None:
+            exit_code = self._finish_child()
+        comms = {t.pid: t.comm for t in targets}
+        builder = ProfileBuilder(symbolizers, kernel, comms)
+        comments = [
+            f"goprof {__version__} cpu: {self.opts.frequency} Hz cpu-clock on every CPU, "
+            f"targets {', '.join(t.label for t in targets)}",
+            f"ended: {ended_by}",
+        ]
+        profile = builder.build_cpu(samples, recorder.period_ns, start_ns, int(elapsed * 1e9),
+                                    comments)
+        profile.comments.append(
+            f"samples {stats.counted}, lost {stats.lost}, stack collisions "
+            f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
+            f"{stats.truncated}, unnamed frames {builder.stats.unnamed_frames}")
+        self._write(profile)
+        result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets,
+                           exit_code)
+        self.setup_s = setup_s
+        self._print_summary(result, builder)
+        return result
+
+    # -- steps ----------------------------------------------------------------
+    def _start_command(self) -> Target:
+        try:
+            # Popen returns once the exec succeeded, so the pid is the program's.
+            self.child = subprocess.Popen(self.opts.command)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot start {self.opts.command[0]}: {e.strerror}") from None
+        return target_for_pid(self.child.pid)
+
+    def _finish_child(self) -> int:
+        assert self.child is not None
+        if self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(5)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+        return 0
+
+    def _snapshot(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
+        try:
+            sym = ProcessSymbolizer(target.pid, cache)
+        except ProcessGone:
+            raise EnvironmentProblem(f"{target.label} exited before goprof could read its "
+                                     "memory map") from None
+        except SymbolizerError as e:
+            raise EnvironmentProblem(f"cannot read {target.label}'s binaries: {e}") from None
+        for err in sym.errors:
+            self.console.print(f"[yellow]note:[/] {target.label}: {err}")
+        return sym
+
+    def _kernel_symbolizer(self) -> KernelSymbolizer | None:
+        if not self.opts.kernel:
+            return None
+        try:
+            return KernelSymbolizer()
+        except SymbolizerError as e:
+            self.console.print(f"[yellow]note:[/] kernel frames stay unnamed: {e}")
+            return None
+
+    def _record(self, recorder: CpuRecorder, targets: list[Target],
+                symbolizers: dict[int, ProcessSymbolizer]
+                ) -> tuple[list[RawSample], Stats, str, float]:
+        started = time.monotonic()
+        window_s = min(self.opts.duration or MAX_WINDOW_S, MAX_WINDOW_S)
+        next_drain = started + window_s
+        deadline = started + self.opts.duration if self.opts.duration else None
+        samples: list[RawSample] = []
+        stats = Stats()
+        live_pids = {t.pid for t in targets}
+        progress = _Progress(self.console, self.opts.duration)
+        ended_by = ""
+        with progress:
+            while True:
+                now = time.monotonic()
+                wait = min(TICK_S, next_drain - now)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if self._stop.wait(max(wait, 0)):
+                    ended_by = self._stop_reason
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    ended_by = "duration reached"
+                    break
+                seen = recorder.samples_seen()
+                if seen and self.first_sample_s is None:
+                    self.first_sample_s = now - started
+                for pid in list(live_pids):
+                    if not alive(pid):
+                        live_pids.discard(pid)
+                if not live_pids:
+                    ended_by = "every target exited"
+                    break
+                if now >= next_drain:
+                    self._drain_into(recorder, samples, stats)
+                    for pid in live_pids:
+                        self._refresh(symbolizers[pid])
+                    next_drain = now + window_s
+                progress.update(now - started, seen, stats.lost)
+        elapsed = time.monotonic() - started
+        recorder.stop()
+        # Both windows: the current one, then the other (empty unless a flip raced).
+        self._drain_into(recorder, samples, stats)
+        self._drain_into(recorder, samples, stats)
+        return samples, stats, ended_by, elapsed
+
+    @staticmethod
+    def _drain_into(recorder: CpuRecorder, samples: list[RawSample], stats: Stats) -> None:
+        window = recorder.drain()
+        samples.extend(window.samples)
+        stats.add(window.stats)
+
+    @staticmethod
+    def _refresh(sym: ProcessSymbolizer) -> None:
+        try:
+            sym.refresh()  # mappings added since (dlopen): keep what is loaded
+        except SymbolizerError:
+            pass  # exited meanwhile: the snapshot stays
+
+    def _write(self, profile: Profile) -> None:
+        """Each output written whole or not at all (a temporary file, then a rename)."""
+        for out, exporter in self.opts.outputs:
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            try:
+                with open(tmp, "wb") as f:
+                    exporter.write(profile, f)
+                os.replace(tmp, out)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
+
+    def _print_summary(self, result: RunResult, builder: ProfileBuilder) -> None:
+        c = self.console
+        stats = result.stats
+        print_top(c, result.profile)
+        sym = builder.stats
+        named_pct = 100.0 * (1 - sym.unnamed_user_frames / sym.user_frames) if sym.user_frames \
+            else 100.0
+        rows = [
+            ("ended", result.ended_by),
+            ("samples", f"{stats.counted}"),
+            ("lost samples", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
+                                                 if stats.counts_full else "")),
+            ("stack collisions", f"{stats.user_collisions + stats.kernel_collisions}"),
+            ("truncated stacks", f"{stats.truncated}"),
+            ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"),
+        ]
+        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.opts.outputs]
+        print_counters(c, rows)
+
+
+class _Progress:
+    """One line while recording, on a terminal only."""
+
+    def __init__(self, console: Console, duration: float | None) -> None:
+        self.console = console
+        self.duration = duration
+        self.live: Live | None = None
+
+    def __enter__(self) -> _Progress:
+        if self.console.is_terminal:
+            self.live = Live(Text("recording..."), console=self.console, transient=True,
+                             auto_refresh=False)
+            self.live.__enter__()
+        return self
+
+    def update(self, elapsed: float, samples: int, lost: int) -> None:
+        if self.live is None:
+            return
+        total = f"/{self.duration:.0f}s" if self.duration else ""
+        self.live.update(Text(f"recording {elapsed:5.1f}s{total}  samples {samples}  "
+                              f"lost {lost}  (Ctrl-C stops and writes)"), refresh=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)

@@ -1,0 +1,82 @@
+"""Target processes: finding them, checking we may profile them, noticing they exit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from goprof.errors import EnvironmentProblem, UsageError
+
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+@dataclass(frozen=True)
+class Target:
+    pid: int
+    comm: str
+    exe: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.comm} (pid {self.pid})"
+
+
+def read_comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def target_for_pid(pid: int) -> Target:
+    if pid <= 0:
+        raise UsageError(f"--pid {pid}: a process id is a positive number")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise EnvironmentProblem(f"no process with pid {pid}: check the pid (`pgrep -a NAME`)")
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot read /proc/{pid}/status: {e.strerror}") from None
+    tgid = next((int(line.split()[1]) for line in status.splitlines()
+                 if line.startswith("Tgid:")), pid)
+    if tgid != pid:
+        raise UsageError(f"--pid {pid} is a thread of process {tgid}: give the process id "
+                         f"(every thread of a process is profiled)")
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = ""
+    if not exe:
+        raise EnvironmentProblem(f"pid {pid} ({read_comm(pid)}) is a kernel thread or a zombie: "
+                                 "there is no user program to profile")
+    return Target(pid, read_comm(pid), exe)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> None:
+    if os.geteuid() == 0:
+        return
+    caps = _effective_caps()
+    if caps & (1 << CAP_BPF) and caps & (1 << CAP_PERFMON):
+        return
+    raise EnvironmentProblem("goprof loads eBPF programs: run it as root (sudo goprof ...) or "
+                             "give it CAP_BPF and CAP_PERFMON")

@@ -1,0 +1,97 @@
+"""Running goprof and its targets from the tests, and reading what it wrote."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from goprof.exporters.proto import profile_pb2
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def goprof_command() -> list[str]:
+    exe = Path(sys.executable).parent / "goprof"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "goprof.cli"]
+
+
+def run_goprof(*args: str, timeout: float = 120, env: dict | None = None,
+               check: bool = False) -> subprocess.CompletedProcess:
+    res = subprocess.run([*goprof_command(), *args], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+    if check and res.returncode != 0:
+        raise AssertionError(f"goprof {' '.join(args)} exited {res.returncode}:\n"
+                             f"{res.stdout}\n{res.stderr}")
+    return res
+
+
+def start(argv: list[str]) -> subprocess.Popen:
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return p
+
+
+def wait_ready(p: subprocess.Popen, word: str = "ready", timeout: float = 10) -> None:
+    """Waits for the fixture's first line, so profiling starts once it runs."""
+    deadline = time.monotonic() + timeout
+    assert p.stdout is not None
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if word in line:
+            return
+        if p.poll() is not None:
+            raise AssertionError(f"{p.args} exited early: {p.returncode}")
+    raise AssertionError(f"{p.args} never printed {word!r}")
+
+
+def read_pprof(path: Path) -> profile_pb2.Profile:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    prof = profile_pb2.Profile()
+    prof.ParseFromString(data)
+    return prof
+
+
+def flat_shares(prof: profile_pb2.Profile, value_index: int = 0,
+                prefix: str = "main.") -> dict[str, float]:
+    """Share of each function as the innermost frame (pprof's flat), over all samples."""
+    strings = prof.string_table
+    funcs = {f.id: strings[f.name] for f in prof.function}
+    locs = {loc.id: loc for loc in prof.location}
+    flat: Counter[str] = Counter()
+    total = 0
+    for s in prof.sample:
+        v = s.value[value_index]
+        total += v
+        if not s.location_id:
+            continue
+        loc = locs[s.location_id[0]]
+        name = funcs[loc.line[0].function_id] if loc.line else "?"
+        flat[name] += v
+    return {k: 100.0 * v / total for k, v in flat.items() if k.startswith(prefix)} if total else {}
+
+
+def stacks(prof: profile_pb2.Profile) -> list[tuple[list[str], int]]:
+    """Every sample as (function names leaf first, inlined frames expanded; count)."""
+    strings = prof.string_table
+    funcs = {f.id: strings[f.name] for f in prof.function}
+    locs = {loc.id: loc for loc in prof.location}
+    out = []
+    for s in prof.sample:
+        names = [funcs[line.function_id] for lid in s.location_id for line in locs[lid].line]
+        out.append((names, s.value[0]))
+    return out
+
+
+def go_tool_pprof(*args: str) -> str:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    res = subprocess.run([go, "tool", "pprof", *args], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, f"go tool pprof {' '.join(args)} failed:\n{res.stderr}"
+    return res.stdout

@@ -1,0 +1,125 @@
+"""Bad input gets one clear line, exit code 2, and never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from goprof import cli
+from goprof.durations import parse_duration
+from goprof.errors import UsageError
+from tests.conftest import requires_root
+from tests.helpers import goprof_command, run_goprof
+
+
+def _one_clear_line(res: subprocess.CompletedProcess, *words: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr
+    err = " ".join(res.stderr.split())
+    for w in words:
+        assert w in err, (w, res.stderr)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["cpu"], ["nothing to profile"]),
+    (["cpu", "--pid", "1", "-F", "0"], ["--frequency 0"]),
+    (["cpu", "--pid", "1", "-d", "soon"], ["--duration 'soon'"]),
+    (["cpu", "--pid", "1", "-d", "-3s"], ["--duration"]),
+    (["cpu", "--pid", "1", "-o", "/no/such/dir/x.pb.gz"], ["does not exist"]),
+    (["cpu", "--pid", "1", "-o", "x.dat"], ["cannot tell the format"]),
+])
+def test_usage_errors(args, words):
+    _one_clear_line(run_goprof(*args), *words)
+
+
+def test_unknown_format_is_an_argparse_error():
+    res = run_goprof("cpu", "--pid", "1", "--format", "svg")
+    assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+@requires_root
+def test_no_such_pid():
+    pid = 4_000_000  # above pid_max's default ceiling
+    _one_clear_line(run_goprof("cpu", "--pid", str(pid), "-d", "1s"), f"no process with pid {pid}")
+
+
+@requires_root
+def test_thread_id_is_refused():
+    tids = [int(t) for t in os.listdir("/proc/1/task")]
+    other = next((int(t) for p in os.listdir("/proc") if p.isdigit()
+                  for t in os.listdir(f"/proc/{p}/task") if int(t) != int(p)), None)
+    if other is None:
+        pytest.skip(f"no multi-threaded process found (pid 1 has {len(tids)} threads)")
+    _one_clear_line(run_goprof("cpu", "--pid", str(other), "-d", "1s"), "is a thread of process")
+
+
+@requires_root
+def test_kernel_thread_is_refused():
+    _one_clear_line(run_goprof("cpu", "--pid", "2", "-d", "1s"), "kernel thread")
+
+
+@requires_root
+def test_missing_command():
+    _one_clear_line(run_goprof("cpu", "-d", "1s", "--", "/no/such/program"), "cannot start")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_not_root():
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          *goprof_command(), "cpu", "--pid", "1", "-d", "1s"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HOME": "/tmp"})
+    _one_clear_line(res, "run it as root", "CAP_BPF")
+
+
+@requires_root
+def test_missing_kernel_headers(monkeypatch, tmp_path, capsys):
+    """A kernel release without headers, and no compiled program cached for it."""
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, "9.9.9-goprof-test", real.version,
+                            real.machine))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    monkeypatch.setenv("GOPROF_CACHE_DIR", str(tmp_path))
+    assert cli.main(["cpu", "--pid", str(os.getpid()), "-d", "1s",
+                     "-o", str(tmp_path / "x.pb.gz")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "kernel headers for 9.9.9-goprof-test not found" in err and "make setup" in err
+
+
+@requires_root
+def test_missing_bcc(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bcc" else real_find_spec(name, *a))
+    monkeypatch.setenv("GOPROF_CACHE_DIR", str(tmp_path))
+    assert cli.main(["cpu", "--pid", str(os.getpid()), "-d", "1s",
+                     "-o", str(tmp_path / "x.pb.gz")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "python3-bpfcc" in err
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("30s", 30), ("2m", 120), ("500ms", 0.5), ("1h30m", 5400), ("1.5", 1.5), ("10", 10)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "10x", "1m-", "0", "-1s", "1s2"])
+def test_bad_durations(text):
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_doctor_runs():
+    res = subprocess.run([*goprof_command(), "doctor"], capture_output=True, text=True,
+                         timeout=120)
+    assert "Traceback" not in res.stderr
+    if os.geteuid() == 0:
+        assert res.returncode == 0, res.stdout
+        assert "goprof cpu works here" in res.stdout
+    else:
+        assert res.returncode == 2 and "FAIL" in res.stdout

@@ -1,0 +1,214 @@
+"""goprof cpu end to end: real BPF, real Go programs, checked against the truth
+(the fixture's CPU split by construction) and against runtime/pprof's profile of
+the same run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from goprof.bpf.syscalls import loaded_programs
+from goprof.cpu_recorder import PROGRAM
+from tests import gobuild
+from tests.conftest import requires_root
+from tests.helpers import (
+    flat_shares,
+    go_tool_pprof,
+    read_pprof,
+    run_goprof,
+    stacks,
+    start,
+    wait_ready,
+)
+
+pytestmark = requires_root
+
+# By construction (tests/fixtures/cpusplit): alpha 2, beta 3, gamma (with main.mix
+# inlined into it) 5 units of the same work.
+TRUTH = {"main.alpha": 20.0, "main.beta": 30.0, "gamma+mix": 50.0}
+
+
+def _grouped(shares: dict[str, float]) -> dict[str, float]:
+    return {
+        "main.alpha": shares.get("main.alpha", 0.0),
+        "main.beta": shares.get("main.beta", 0.0),
+        "gamma+mix": shares.get("main.gamma", 0.0) + shares.get("main.mix", 0.0),
+    }
+
+
+def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, tmp_path):
+    """Same run, both profilers at ~1 kHz so that sampling noise stays well under the
+    3-point tolerance (8 s x 1000 Hz: about 0.6 points of standard error)."""
+    ours = tmp_path / "goprof.pb.gz"
+    theirs = tmp_path / "runtime.pprof"
+    res = run_goprof("cpu", "-F", "997", "-o", str(ours), "--",
+                     str(cpusplit.path), "-duration", "8s", "-cpuprofile", str(theirs),
+                     "-cpurate", "1000", check=True)
+    assert "every target exited" in res.stderr
+
+    prof = read_pprof(ours)
+    go_prof = read_pprof(theirs)
+    mine = flat_shares(prof)
+    go = flat_shares(go_prof)
+    for name in ("main.alpha", "main.beta", "main.gamma", "main.mix"):
+        assert abs(mine.get(name, 0) - go.get(name, 0)) <= 3.0, (name, mine, go)
+    for name, truth in TRUTH.items():
+        assert abs(_grouped(mine)[name] - truth) <= 5.0, (name, _grouped(mine))
+
+    # The inlined hot function is its own frame under its caller, as in runtime/pprof.
+    assert any(names[:2] == ["main.mix", "main.gamma"] for names, _ in stacks(prof))
+    # Frameless leaves keep their caller: main.main sits under every hot function.
+    for names, count in stacks(prof):
+        if names and names[0] in ("main.alpha", "main.beta") and count:
+            assert names[1:3] == ["main.main", "runtime.main"], names
+
+    # Every user frame named, stripped and PIE included.
+    unnamed = [loc for loc in prof.location if not loc.line]
+    assert not unnamed, [hex(loc.address) for loc in unnamed]
+    assert "100.0 % of user frames named" in res.stderr
+
+    # go tool pprof reads it and shows the inlined frame.
+    top = go_tool_pprof("-top", str(ours))
+    assert "main.mix (inline)" in top
+    traces = go_tool_pprof("-traces", str(ours))
+    assert "main.mix (inline)" in traces and "main.gamma" in traces
+
+
+def test_profile_fields_are_what_runtime_pprof_writes(cpusplit_plain, tmp_path):
+    out = tmp_path / "cpu.pb.gz"
+    run_goprof("cpu", "-F", "99", "-o", str(out), "--", str(cpusplit_plain.path),
+               "-duration", "2s", check=True)
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    prof = read_pprof(out)
+    s = prof.string_table
+    assert s[0] == ""
+    assert [(s[t.type], s[t.unit]) for t in prof.sample_type] == [
+        ("samples", "count"), ("cpu", "nanoseconds")]
+    assert (s[prof.period_type.type], s[prof.period_type.unit]) == ("cpu", "nanoseconds")
+    assert prof.period == 1_000_000_000 // 99
+    assert prof.time_nanos > 0 and prof.duration_nanos > 1_500_000_000
+    for kind in (prof.mapping, prof.location, prof.function):
+        assert [x.id for x in kind] == list(range(1, len(kind) + 1))
+    exe = [m for m in prof.mapping if s[m.filename].endswith("/cpusplit")]
+    assert exe and s[exe[0].build_id]
+    for sample in prof.sample:
+        assert sample.value[1] == sample.value[0] * prof.period
+        labels = {s[lb.key]: s[lb.str] for lb in sample.label}
+        assert set(labels) == {"pid", "tid", "comm"} and labels["comm"] == "cpusplit"
+
+
+def test_several_pids_and_formats(cpusplit_plain, tmp_path):
+    procs = [start([str(cpusplit_plain.path), "-duration", "20s"]) for _ in range(2)]
+    try:
+        for p in procs:
+            wait_ready(p)
+        folded = tmp_path / "cpu.folded"
+        scope = tmp_path / "cpu.speedscope.json"
+        res = run_goprof("cpu", "--pid", str(procs[0].pid), "--pid", str(procs[1].pid),
+                         "-F", "49", "-d", "2s", "-o", str(folded), "-o", str(scope),
+                         check=True)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert "duration reached" in res.stderr
+    lines = folded.read_text().splitlines()
+    for p in procs:
+        assert any(line.startswith(f"cpusplit (pid {p.pid});runtime.goexit;") for line in lines)
+    doc = json.loads(scope.read_text())
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    assert len(doc["profiles"]) == 2
+    names = {f["name"] for f in doc["shared"]["frames"]}
+    assert {"main.alpha", "main.beta", "main.mix", "main.gamma"} <= names
+
+
+def test_ctrl_c_writes_the_profile(cpusplit_plain, tmp_path):
+    target = start([str(cpusplit_plain.path), "-duration", "30s"])
+    out = tmp_path / "cpu.pb.gz"
+    try:
+        wait_ready(target)
+        prof_proc = subprocess.Popen(
+            [*__import__("tests.helpers", fromlist=["x"]).goprof_command(), "cpu",
+             "--pid", str(target.pid), "-o", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        prof_proc.send_signal(signal.SIGINT)
+        _, err = prof_proc.communicate(timeout=30)
+    finally:
+        target.kill()
+        target.wait()
+    assert prof_proc.returncode == 0, err
+    assert "interrupted (Ctrl-C)" in err
+    assert "Traceback" not in err
+    assert flat_shares(read_pprof(out)).get("main.beta", 0) > 10
+
+
+def test_target_exit_keeps_names(cpusplit, tmp_path):
+    """The target exits long before the profile is symbolized: names still resolve."""
+    if cpusplit.variant != "pie" or cpusplit.toolchain != "go1.26":
+        pytest.skip("one build is enough here")
+    target = start([str(cpusplit.path), "-duration", "2s"])
+    wait_ready(target)
+    out = tmp_path / "cpu.pb.gz"
+    res = run_goprof("cpu", "--pid", str(target.pid), "-o", str(out), timeout=30, check=True)
+    target.wait()
+    assert "every target exited" in res.stderr
+    shares = flat_shares(read_pprof(out))
+    assert shares.get("main.alpha", 0) > 5 and shares.get("main.mix", 0) > 10
+
+
+def test_kill_9_leaves_nothing_attached(cpusplit_plain, tmp_path):
+    target = start([str(cpusplit_plain.path), "-duration", "30s"])
+    try:
+        wait_ready(target)
+        from tests.helpers import goprof_command
+
+        prof_proc = subprocess.Popen([*goprof_command(), "cpu", "--pid", str(target.pid),
+                                      "-o", str(tmp_path / "x.pb.gz")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while not any(p.name == PROGRAM for p in loaded_programs()):
+            assert time.monotonic() < deadline, "goprof never loaded its program"
+            assert prof_proc.poll() is None, prof_proc.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        prof_proc.send_signal(signal.SIGKILL)
+        prof_proc.wait()
+        deadline = time.monotonic() + 5
+        while any(p.name == PROGRAM for p in loaded_programs()):
+            assert time.monotonic() < deadline, "the BPF program outlived goprof"
+            time.sleep(0.1)
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_no_kernel_flag(cpusplit_plain, tmp_path):
+    out = tmp_path / "cpu.folded"
+    run_goprof("cpu", "--no-kernel", "-o", str(out), "--", str(cpusplit_plain.path),
+               "-duration", "2s", check=True)
+    text = out.read_text()
+    assert "main.beta" in text and "_[k]" not in text
+
+
+def test_non_go_target_named_from_elf_symbols(tmp_path):
+    exe = tmp_path / "spin"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(gobuild.FIXTURES / "spin" / "spin.c")],
+                   check=True)
+    out = tmp_path / "spin.folded"
+    run_goprof("cpu", "-o", str(out), "--", str(exe), "2", check=True)
+    assert "spin_burn" in out.read_text()
+
+
+def test_command_is_stopped_when_the_duration_ends(cpusplit_plain, tmp_path):
+    out = tmp_path / "cpu.pb.gz"
+    started = time.monotonic()
+    res = run_goprof("cpu", "-d", "1s", "-o", str(out), "--", str(cpusplit_plain.path),
+                     check=True, timeout=30)
+    assert time.monotonic() - started < 15
+    assert "duration reached" in res.stderr
+    assert flat_shares(read_pprof(out)).get("main.gamma", 0) > 0
