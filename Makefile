@@ -36,6 +36,7 @@ lint:
 
 # Regenerate the pprof protobuf code (committed).
 proto:
+	$(VENV)/bin/pip install -q -e '.[proto]'
 	$(PY) -m grpc_tools.protoc -I exporters/proto --python_out=exporters/proto exporters/proto/profile.proto
 
 bench: setup-test

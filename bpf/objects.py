@@ -127,8 +127,9 @@ def _compile_in_helper(source_name: str, functions: list[str], out: Path) -> Non
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EnvironmentProblem(f"cannot create the BPF cache directory {out.parent}: "
-                                 f"{e.strerror}; set GOPROF_CACHE_DIR to a writable folder") from None
+        raise EnvironmentProblem(
+            f"cannot create the BPF cache directory {out.parent}: {e.strerror}; "
+            "set GOPROF_CACHE_DIR to a writable folder") from None
     check_bcc_ready()
     cmd = [sys.executable, "-m", "goprof.bpf.compile", str(source_path(source_name)), str(out),
            *functions]

@@ -75,6 +75,11 @@ if [ $WANT_TEST = 1 ]; then
   export PATH=$PATH:/usr/local/go/bin
   GOTOOLCHAIN=go1.27.3 go version >/dev/null  # fetched once from the module proxy
   apt_install chromium
+  # playwright-core (the browser test's driver) needs Node.js 20+; Debian 12's own is 18.
+  node_major=$(node --version 2>/dev/null | sed -E 's/^v([0-9]+).*/\1/')
+  if [ -z "$node_major" ] || [ "$node_major" -lt 20 ]; then
+    echo "setup: the browser test needs Node.js 20 or newer (found: ${node_major:-none})" >&2; exit 2
+  fi
   if [ -f tests/browser/package-lock.json ] && \
      { [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; }; then
     say "installing the speedscope app for the browser test"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
-
 from goprof import __version__
 from goprof.commands import cpu, doctor
 from goprof.errors import GoprofError
+from rich.console import Console
 
 SUBCOMMANDS = (cpu, doctor)
 

@@ -98,5 +98,6 @@ def frame_name(frame: Frame) -> str:
 def unnamed_name(loc: Location) -> str:
     """What flat formats print for an address nothing could name (pprof keeps the address)."""
     if loc.mapping is not None and loc.mapping.path:
-        return f"{loc.mapping.path.rsplit('/', 1)[-1]}+0x{loc.address - loc.mapping.start + loc.mapping.offset:x}"
+        file_offset = loc.address - loc.mapping.start + loc.mapping.offset
+        return f"{loc.mapping.path.rsplit('/', 1)[-1]}+0x{file_offset:x}"
     return f"0x{loc.address:x}"

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from goprof.model import Profile
 from rich.console import Console
 from rich.table import Table
-
-from goprof.model import Profile
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,15 @@ gone) the samples collected so far are written.
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from goprof import __version__
 from goprof.build import ProfileBuilder
@@ -35,10 +33,14 @@ from goprof.symbolizer import (
     SymbolizerError,
 )
 from goprof.targets import Target, alive, check_privileges, target_for_pid
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 # Windows are drained at least this often, so the maps stay small on long runs.
 MAX_WINDOW_S = 10.0
 TICK_S = 0.5
+FIRST_SAMPLE_POLL_S = 0.01
 
 
 @dataclass
@@ -49,6 +51,7 @@ class CpuOptions:
     frequency: int
     kernel: bool
     outputs: list[tuple[Path, Exporter]]
+    stats_path: Path | None = None  # run statistics as JSON (benchmarks, the agent)
 
 
 @dataclass
@@ -68,7 +71,8 @@ class CpuSession:
         self._stop = threading.Event()
         self._stop_reason = ""
         self.child: subprocess.Popen | None = None
-        self.first_sample_s: float | None = None
+        self.first_sample_at: float | None = None  # wall clock (time.time())
+        self.record_cpu_s = 0.0
 
     # -- signals --------------------------------------------------------------
     def _on_signal(self, signum: int, _frame) -> None:
@@ -84,20 +88,24 @@ class CpuSession:
         window_s = min(self.opts.duration or MAX_WINDOW_S, MAX_WINDOW_S)
         recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, window_s)
         recorder.open()
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = {s: signal.signal(s, self._on_signal)
+                        for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.opts.command:
                 targets.append(self._start_command())
-            cache = BinaryCache()
-            symbolizers: dict[int, ProcessSymbolizer] = {}
             for t in targets:
                 recorder.add_target(t.pid)
-                symbolizers[t.pid] = self._snapshot(t, cache)
-            kernel = self._kernel_symbolizer()
             start_ns = time.time_ns()
             recorder.start()
             setup_s = time.monotonic() - started_mono
+            # Symbol tables right after the start (off the first sample's path), while
+            # the targets are alive: one that exits later keeps its names.
+            cache = BinaryCache()
+            symbolizers = {t.pid: self._snapshot(t, cache) for t in targets}
+            cpu_before = _cpu_seconds()
             samples, stats, ended_by, elapsed = self._record(recorder, targets, symbolizers)
+            self.record_cpu_s = _cpu_seconds() - cpu_before
+            bpf_stats = recorder.program_stats()
         finally:
             recorder.close()
             for s, h in old_handlers.items():
@@ -106,14 +114,17 @@ class CpuSession:
         if self.child is not None:
             exit_code = self._finish_child()
         comms = {t.pid: t.comm for t in targets}
-        builder = ProfileBuilder(symbolizers, kernel, comms)
+        # kallsyms takes ~0.3 s to read: after recording, off the first sample's path.
+        builder = ProfileBuilder(symbolizers, self._kernel_symbolizer(), comms)
         comments = [
             f"goprof {__version__} cpu: {self.opts.frequency} Hz cpu-clock on every CPU, "
             f"targets {', '.join(t.label for t in targets)}",
             f"ended: {ended_by}",
         ]
+        sym_started = time.monotonic()
         profile = builder.build_cpu(samples, recorder.period_ns, start_ns, int(elapsed * 1e9),
                                     comments)
+        symbolize_s = time.monotonic() - sym_started
         profile.comments.append(
             f"samples {stats.counted}, lost {stats.lost}, stack collisions "
             f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
@@ -121,9 +132,42 @@ class CpuSession:
         self._write(profile)
         result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets,
                            exit_code)
-        self.setup_s = setup_s
         self._print_summary(result, builder)
+        if self.opts.stats_path is not None:
+            self._write_stats(result, builder, bpf_stats, setup_s, elapsed, symbolize_s,
+                              recorder.compiled_from_cache)
         return result
+
+    def _write_stats(self, result: RunResult, builder: ProfileBuilder, bpf_stats: dict,
+                     setup_s: float, elapsed: float, symbolize_s: float, cached: bool) -> None:
+        assert self.opts.stats_path is not None
+        stats = result.stats
+        doc = {
+            "ended_by": result.ended_by,
+            "samples": stats.counted,
+            "seen": stats.seen,
+            "lost": stats.lost,
+            "stack_collisions": stats.user_collisions + stats.kernel_collisions,
+            "truncated_stacks": stats.truncated,
+            "user_frames": builder.stats.user_frames,
+            "unnamed_user_frames": builder.stats.unnamed_user_frames,
+            "unnamed_frames": builder.stats.unnamed_frames,
+            "bpf_run_time_ns": bpf_stats["run_time_ns"],
+            "bpf_run_cnt": bpf_stats["run_cnt"],
+            "setup_s": setup_s,
+            "first_sample_at": self.first_sample_at,
+            "recording_s": elapsed,
+            "recording_cpu_s": self.record_cpu_s,
+            "symbolize_s": symbolize_s,
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            "bpf_from_cache": cached,
+        }
+        try:
+            self.opts.stats_path.write_text(json.dumps(doc, indent=1) + "\n")
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot write {self.opts.stats_path}: {e.strerror}") \
+                from None
 
     # -- steps ----------------------------------------------------------------
     def _start_command(self) -> Target:
@@ -178,10 +222,13 @@ class CpuSession:
         live_pids = {t.pid for t in targets}
         progress = _Progress(self.console, self.opts.duration)
         ended_by = ""
+        last_tick = started
         with progress:
             while True:
                 now = time.monotonic()
-                wait = min(TICK_S, next_drain - now)
+                # Poll finely until the first sample, to report when it came.
+                tick = TICK_S if self.first_sample_at else FIRST_SAMPLE_POLL_S
+                wait = min(tick, next_drain - now)
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 if self._stop.wait(max(wait, 0)):
@@ -192,8 +239,11 @@ class CpuSession:
                     ended_by = "duration reached"
                     break
                 seen = recorder.samples_seen()
-                if seen and self.first_sample_s is None:
-                    self.first_sample_s = now - started
+                if seen and self.first_sample_at is None:
+                    self.first_sample_at = time.time()
+                if self.first_sample_at is None and now - last_tick < TICK_S:
+                    continue
+                last_tick = now
                 for pid in list(live_pids):
                     if not alive(pid):
                         live_pids.discard(pid)
@@ -256,6 +306,11 @@ class CpuSession:
         ]
         rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.opts.outputs]
         print_counters(c, rows)
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 class _Progress:

@@ -6,10 +6,10 @@ import os
 import subprocess
 
 import pytest
-
 from goprof import cli
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
+
 from tests.conftest import requires_root
 from tests.helpers import goprof_command, run_goprof
 

@@ -10,9 +10,9 @@ import subprocess
 import time
 
 import pytest
-
 from goprof.bpf.syscalls import loaded_programs
 from goprof.cpu_recorder import PROGRAM
+
 from tests import gobuild
 from tests.conftest import requires_root
 from tests.helpers import (

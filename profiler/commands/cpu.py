@@ -6,12 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
 from goprof.exporters import FORMATS, Exporter, exporter_for_path, get_exporter
 from goprof.session import CpuOptions, CpuSession
+from rich.console import Console
 
 DEFAULT_SUFFIX = {"pprof": ".pb.gz", "folded": ".folded", "speedscope": ".speedscope.json"}
 
@@ -45,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default=None, help="output format")
     p.add_argument("--no-kernel", action="store_true",
                    help="leave out kernel frames (user stacks only)")
+    p.add_argument("--stats", default=None, metavar="FILE",
+                   help="also write the run's statistics as JSON (samples, lost, BPF time, "
+                        "goprof's CPU and memory)")
     p.set_defaults(run=run)
 
 
@@ -62,7 +64,8 @@ def options_from_args(args: argparse.Namespace) -> CpuOptions:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         outputs = [(Path(f"goprof-cpu-{who}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"), exporter)]
     return CpuOptions(pids=list(dict.fromkeys(args.pid)), command=command, duration=duration,
-                      frequency=args.frequency, kernel=not args.no_kernel, outputs=outputs)
+                      frequency=args.frequency, kernel=not args.no_kernel, outputs=outputs,
+                      stats_path=Path(args.stats) if args.stats else None)
 
 
 def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from goprof.errors import GoprofError
 from rich.console import Console
 from rich.table import Table
-
-from goprof.errors import GoprofError
 
 
 @dataclass
