@@ -1,0 +1,20 @@
+"""Names for the addresses of a profile: Go's pclntab (stripped and PIE binaries
+included, one frame per inlined call), ELF symbols for other code, kallsyms for the
+kernel."""
+
+from .binary import BinarySymbols, load_binary
+from .cache import BinaryCache
+from .errors import ProcessGone, SymbolizerError
+from .kernel import KERNEL_MAPPING, KernelSymbolizer
+from .process import ProcessSymbolizer
+
+__all__ = [
+    "KERNEL_MAPPING",
+    "BinaryCache",
+    "BinarySymbols",
+    "KernelSymbolizer",
+    "ProcessGone",
+    "ProcessSymbolizer",
+    "SymbolizerError",
+    "load_binary",
+]

@@ -1,0 +1,56 @@
+"""Loaded binaries shared between processes: one load per file, whatever path reaches it."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from .binary import BinarySymbols, binary_build_id, load_image
+from .elffile import ElfImage
+from .errors import SymbolizerError
+from .notes import build_ids
+
+StatKey = tuple[int, int, int, int]
+
+
+class BinaryCache:
+    """Keyed by build id (else by (st_dev, st_ino, size, mtime)). Two paths to one file,
+    or two copies of one build, load once: hits and misses count get() calls."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, BinarySymbols] = {}
+        self._by_stat: dict[StatKey, BinarySymbols] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len({id(b) for b in (*self._by_id.values(), *self._by_stat.values())})
+
+    def get(self, path: str) -> BinarySymbols:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise SymbolizerError(f"{path}: {e.strerror}") from e
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            got = self._by_stat.get(key)
+            if got is not None:
+                self.hits += 1
+                return got
+        with ElfImage(path) as img:
+            gnu, go = build_ids(img)
+            bid = binary_build_id(gnu, go)
+            with self._lock:
+                got = self._by_id.get(bid) if bid else None
+                if got is not None:
+                    self.hits += 1
+                    self._by_stat[key] = got
+                    return got
+            got = load_image(img, (gnu, go))
+        with self._lock:
+            self.misses += 1
+            if bid:
+                got = self._by_id.setdefault(bid, got)
+            self._by_stat[key] = got
+        return got
