@@ -18,6 +18,7 @@ from tests.conftest import requires_root
 from tests.helpers import (
     flat_shares,
     go_tool_pprof,
+    goprof_command,
     read_pprof,
     run_goprof,
     stacks,
@@ -132,8 +133,7 @@ def test_ctrl_c_writes_the_profile(cpusplit_plain, tmp_path):
     try:
         wait_ready(target)
         prof_proc = subprocess.Popen(
-            [*__import__("tests.helpers", fromlist=["x"]).goprof_command(), "cpu",
-             "--pid", str(target.pid), "-o", str(out)],
+            [*goprof_command(), "cpu", "--pid", str(target.pid), "-o", str(out)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(3)
         prof_proc.send_signal(signal.SIGINT)
@@ -165,8 +165,6 @@ def test_kill_9_leaves_nothing_attached(cpusplit_plain, tmp_path):
     target = start([str(cpusplit_plain.path), "-duration", "30s"])
     try:
         wait_ready(target)
-        from tests.helpers import goprof_command
-
         prof_proc = subprocess.Popen([*goprof_command(), "cpu", "--pid", str(target.pid),
                                       "-o", str(tmp_path / "x.pb.gz")],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
