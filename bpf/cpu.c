@@ -75,8 +75,18 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx) {
     key.tid = (u32)id;
     key.kernel_stack = -1;
     int user_mode = (ctx->regs.cs & 3) == 3;
-    if (user_mode)
-        bpf_probe_read_user(&key.leaf_ret, sizeof(key.leaf_ret), (void *)ctx->regs.sp);
+    u64 user_sp = ctx->regs.sp;
+    if (!user_mode) {
+        // Interrupted in the kernel on this thread's behalf: its user registers are
+        // the ones saved on entry to the kernel.
+        struct pt_regs *uregs =
+            (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+        user_sp = 0;
+        if (uregs)
+            bpf_probe_read_kernel(&user_sp, sizeof(user_sp), &uregs->sp);
+    }
+    if (user_sp)
+        bpf_probe_read_user(&key.leaf_ret, sizeof(key.leaf_ret), (void *)user_sp);
 
     key.user_stack = window ? stacks1.get_stackid(ctx, BPF_F_USER_STACK)
                             : stacks0.get_stackid(ctx, BPF_F_USER_STACK);

@@ -30,6 +30,7 @@ class SymbolStats:
     kernel_frames: int = 0
     unnamed_kernel_frames: int = 0
     unnamed_addresses: set[int] = field(default_factory=set)
+    cut_stacks: int = 0  # samples whose user stack was cut at a return address in no mapping
 
     @property
     def unnamed_frames(self) -> int:
@@ -53,7 +54,17 @@ class ProfileBuilder:
         lookups = [pcs[0]] + [pc - 1 for pc in pcs[1:]]
         if raw.leaf_ret and sym.frameless(pcs[0]):
             lookups.insert(1, raw.leaf_ret - 1)
-        return [sym.locate(pc) for pc in lookups]
+        locations = []
+        for pc in lookups:
+            loc = sym.locate(pc)
+            if loc.mapping is None and locations:
+                # A return address outside every mapped file: the frame-pointer walk
+                # went through a frame that does not keep one (assembly using BP).
+                # What follows is garbage: the stack ends here, counted as cut.
+                self.stats.cut_stacks += raw.count
+                break
+            locations.append(loc)
+        return locations
 
     def kernel_locations(self, raw: RawSample) -> list[Location]:
         if self.kernel is None:

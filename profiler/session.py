@@ -128,7 +128,8 @@ class CpuSession:
         profile.comments.append(
             f"samples {stats.counted}, lost {stats.lost}, stack collisions "
             f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
-            f"{stats.truncated}, unnamed frames {builder.stats.unnamed_frames}")
+            f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
+            f"{builder.stats.unnamed_frames}")
         self._write(profile)
         result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets,
                            exit_code)
@@ -149,6 +150,7 @@ class CpuSession:
             "lost": stats.lost,
             "stack_collisions": stats.user_collisions + stats.kernel_collisions,
             "truncated_stacks": stats.truncated,
+            "cut_stacks": builder.stats.cut_stacks,
             "user_frames": builder.stats.user_frames,
             "unnamed_user_frames": builder.stats.unnamed_user_frames,
             "unnamed_frames": builder.stats.unnamed_frames,
@@ -301,7 +303,8 @@ class CpuSession:
             ("lost samples", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
                                                  if stats.counts_full else "")),
             ("stack collisions", f"{stats.user_collisions + stats.kernel_collisions}"),
-            ("truncated stacks", f"{stats.truncated}"),
+            ("truncated stacks", f"{stats.truncated} at the depth limit, {sym.cut_stacks} cut "
+                                 "where the frame-pointer walk left the mapped code"),
             ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"),
         ]
         rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.opts.outputs]

@@ -42,8 +42,12 @@ def _grouped(shares: dict[str, float]) -> dict[str, float]:
 
 
 def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, tmp_path):
-    """Same run, both profilers at ~1 kHz so that sampling noise stays well under the
-    3-point tolerance (8 s x 1000 Hz: about 0.6 points of standard error)."""
+    """Same run, both profilers at ~1 kHz (8 s: about 8000 samples each).
+
+    goprof is held to the truth within 3 points. runtime/pprof is the noisier of
+    the two here: over identical 8 s runs on this VM its per-function shares moved
+    by up to 4.6 points (main.beta 26.7-31.3 %, at 500 and 1000 Hz), goprof's by
+    0.8; so the comparison with it allows 5 points per function."""
     ours = tmp_path / "goprof.pb.gz"
     theirs = tmp_path / "runtime.pprof"
     res = run_goprof("cpu", "-F", "997", "-o", str(ours), "--",
@@ -55,10 +59,10 @@ def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, t
     go_prof = read_pprof(theirs)
     mine = flat_shares(prof)
     go = flat_shares(go_prof)
-    for name in ("main.alpha", "main.beta", "main.gamma", "main.mix"):
-        assert abs(mine.get(name, 0) - go.get(name, 0)) <= 3.0, (name, mine, go)
     for name, truth in TRUTH.items():
-        assert abs(_grouped(mine)[name] - truth) <= 5.0, (name, _grouped(mine))
+        assert abs(_grouped(mine)[name] - truth) <= 3.0, (name, _grouped(mine), others(prof))
+    for name in ("main.alpha", "main.beta", "main.gamma", "main.mix"):
+        assert abs(mine.get(name, 0) - go.get(name, 0)) <= 5.0, (name, mine, go)
 
     # The inlined hot function is its own frame under its caller, as in runtime/pprof.
     assert any(names[:2] == ["main.mix", "main.gamma"] for names, _ in stacks(prof))
@@ -67,10 +71,14 @@ def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, t
         if names and names[0] in ("main.alpha", "main.beta") and count:
             assert names[1:3] == ["main.main", "runtime.main"], names
 
-    # Every user frame named, stripped and PIE included.
-    unnamed = [loc for loc in prof.location if not loc.line]
+    # Every frame of the Go binary named, stripped and PIE included. (A PIE's dynamic
+    # loader, sampled while it relocates the binary, is a stripped C library whose
+    # internal functions no symbol table names.)
+    strings = prof.string_table
+    go_maps = {m.id for m in prof.mapping if strings[m.filename] == str(cpusplit.path)}
+    assert go_maps, [strings[m.filename] for m in prof.mapping]
+    unnamed = [loc for loc in prof.location if loc.mapping_id in go_maps and not loc.line]
     assert not unnamed, [hex(loc.address) for loc in unnamed]
-    assert "100.0 % of user frames named" in res.stderr
 
     # go tool pprof reads it and shows the inlined frame.
     top = go_tool_pprof("-top", str(ours))
@@ -210,3 +218,10 @@ def test_command_is_stopped_when_the_duration_ends(cpusplit_plain, tmp_path):
     assert time.monotonic() - started < 15
     assert "duration reached" in res.stderr
     assert flat_shares(read_pprof(out)).get("main.gamma", 0) > 0
+
+
+def others(prof) -> list[tuple[float, str]]:
+    """The biggest functions outside main, to say where a missing share went."""
+    shares = flat_shares(prof, prefix="")
+    return sorted(((round(v, 1), k) for k, v in shares.items() if not k.startswith("main.")),
+                  reverse=True)[:6]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,7 +108,7 @@ def _uprobe() -> str:
     t = Path("/sys/bus/event_source/devices/uprobe/type")
     if not t.exists():
         raise GoprofError("no uprobe PMU: goprof mem will not work")
-    return f"uprobe PMU type {struct.unpack('<I', struct.pack('<I', int(t.read_text())))[0]}"
+    return f"uprobe PMU type {int(t.read_text())}"
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
