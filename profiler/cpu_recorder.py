@@ -102,6 +102,7 @@ class CpuRecorder:
         self._loaded: objects.LoadedObject | None = None
         self._window_s = window_s
         self._missed_before = 0
+        self._errors_before = [0] * ERR_SLOTS
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -228,6 +229,5 @@ class CpuRecorder:
     def _take_errors(self) -> list[int]:
         """The error counters since the last call (they are never reset in the kernel)."""
         totals = self._error_totals()
-        prev = getattr(self, "_errors_before", [0] * ERR_SLOTS)
-        self._errors_before = totals
+        prev, self._errors_before = self._errors_before, totals
         return [t - p for t, p in zip(totals, prev, strict=True)]

@@ -72,6 +72,8 @@ class CpuSession:
         self._stop_reason = ""
         self.child: subprocess.Popen | None = None
         self.first_sample_at: float | None = None  # wall clock (time.time())
+        # Drained at least every MAX_WINDOW_S; a shorter run is one window.
+        self.window_s = min(options.duration or MAX_WINDOW_S, MAX_WINDOW_S)
         self.record_cpu_s = 0.0
 
     # -- signals --------------------------------------------------------------
@@ -85,8 +87,7 @@ class CpuSession:
         started_mono = time.monotonic()
         check_privileges()
         targets = [target_for_pid(pid) for pid in self.opts.pids]
-        window_s = min(self.opts.duration or MAX_WINDOW_S, MAX_WINDOW_S)
-        recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, window_s)
+        recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, self.window_s)
         recorder.open()
         old_handlers = {s: signal.signal(s, self._on_signal)
                         for s in (signal.SIGINT, signal.SIGTERM)}
@@ -110,9 +111,8 @@ class CpuSession:
             recorder.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        exit_code = 0
         if self.child is not None:
-            exit_code = self._finish_child()
+            self._stop_child()
         comms = {t.pid: t.comm for t in targets}
         # kallsyms takes ~0.3 s to read: after recording, off the first sample's path.
         builder = ProfileBuilder(symbolizers, self._kernel_symbolizer(), comms)
@@ -131,8 +131,7 @@ class CpuSession:
             f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
             f"{builder.stats.unnamed_frames}")
         self._write(profile)
-        result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets,
-                           exit_code)
+        result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets)
         self._print_summary(result, builder)
         if self.opts.stats_path is not None:
             self._write_stats(result, builder, bpf_stats, setup_s, elapsed, symbolize_s,
@@ -180,7 +179,8 @@ class CpuSession:
             raise EnvironmentProblem(f"cannot start {self.opts.command[0]}: {e.strerror}") from None
         return target_for_pid(self.child.pid)
 
-    def _finish_child(self) -> int:
+    def _stop_child(self) -> None:
+        """A command we started and that outlived the run is stopped (SIGTERM, then KILL)."""
         assert self.child is not None
         if self.child.poll() is None:
             self.child.terminate()
@@ -189,7 +189,6 @@ class CpuSession:
             except subprocess.TimeoutExpired:
                 self.child.kill()
                 self.child.wait()
-        return 0
 
     def _snapshot(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
         try:
@@ -216,7 +215,7 @@ class CpuSession:
                 symbolizers: dict[int, ProcessSymbolizer]
                 ) -> tuple[list[RawSample], Stats, str, float]:
         started = time.monotonic()
-        window_s = min(self.opts.duration or MAX_WINDOW_S, MAX_WINDOW_S)
+        window_s = self.window_s
         next_drain = started + window_s
         deadline = started + self.opts.duration if self.opts.duration else None
         samples: list[RawSample] = []
