@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -76,25 +77,25 @@ def _addr(buf: ctypes.Array) -> int:
     return ctypes.addressof(buf)
 
 
-def possible_cpus() -> int:
-    """Number of possible CPUs: the slot count of per-CPU map values."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        spec = f.read().strip()
-    count = 0
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
-
-
-def online_cpus() -> list[int]:
-    with open("/sys/devices/system/cpu/online") as f:
+def _cpu_list(path: str) -> list[int]:
+    """A sysfs CPU list such as "0-3,6"."""
+    with open(path) as f:
         spec = f.read().strip()
     cpus: list[int] = []
     for part in spec.split(","):
         lo, _, hi = part.partition("-")
         cpus.extend(range(int(lo), int(hi or lo) + 1))
     return cpus
+
+
+@functools.cache
+def possible_cpus() -> int:
+    """Number of possible CPUs: the slot count of per-CPU map values (fixed at boot)."""
+    return len(_cpu_list("/sys/devices/system/cpu/possible"))
+
+
+def online_cpus() -> list[int]:
+    return _cpu_list("/sys/devices/system/cpu/online")
 
 
 @dataclass

@@ -44,7 +44,6 @@ class ProfileBuilder:
         self.kernel = kernel
         self.comms = comms
         self.stats = SymbolStats()
-        self._kernel_locs: dict[int, Location] = {}
 
     def user_locations(self, raw: RawSample) -> list[Location]:
         sym = self.symbolizers.get(raw.pid)
@@ -69,14 +68,8 @@ class ProfileBuilder:
     def kernel_locations(self, raw: RawSample) -> list[Location]:
         if self.kernel is None:
             return []
-        out = []
-        for i, pc in enumerate(raw.kernel):
-            addr = pc if i == 0 else pc - 1
-            loc = self._kernel_locs.get(addr)
-            if loc is None:
-                loc = self._kernel_locs[addr] = self.kernel.locate(addr)
-            out.append(loc)
-        return out
+        # The leaf is the interrupted pc; the others are return addresses.
+        return [self.kernel.locate(pc if i == 0 else pc - 1) for i, pc in enumerate(raw.kernel)]
 
     def build_cpu(self, samples: Iterable[RawSample], period_ns: int, time_nanos: int,
                   duration_nanos: int, comments: list[str]) -> Profile:

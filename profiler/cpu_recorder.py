@@ -148,9 +148,6 @@ class CpuRecorder:
     def add_target(self, pid: int) -> None:
         self._map("targets").update(struct.pack("<I", pid), b"\x01")
 
-    def remove_target(self, pid: int) -> None:
-        self._map("targets").delete(struct.pack("<I", pid))
-
     # -- reading --------------------------------------------------------------
     def samples_seen(self) -> int:
         """Target samples so far (cheap: one per-CPU lookup), for the progress line."""
