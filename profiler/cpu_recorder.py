@@ -1,26 +1,24 @@
 """The kernel side of a CPU profile, seen from user space.
 
 Loads bpf/cpu.c (from the compile cache), opens a cpu-clock perf event on every
-CPU with the program attached, and drains counted samples window by window: a
-window flip sends new samples to the other set of maps, then the old set is
-read and emptied. Closing the file descriptors (or our death) detaches it all.
+CPU with the program attached, and drains counted samples window by window
+(goprof.windows). Closing the file descriptors (or our death) detaches it all.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import time
 from dataclasses import dataclass, field
 
 from goprof.bpf import objects, syscalls
 from goprof.errors import EnvironmentProblem
+from goprof.windows import CONFIG_WINDOW, WindowedMaps
 
 SOURCE = "cpu.c"
 PROGRAM = "on_cpu_sample"
 
 # config[] and errors[] slots: keep in sync with bpf/cpu.c.
-CONFIG_WINDOW = 0
 CONFIG_WANT_KERNEL = 1
 ERR_SAMPLES = 0
 ERR_USER_COLLISION = 1
@@ -31,10 +29,6 @@ ERR_COUNTS_FULL = 5
 ERR_SLOTS = 8
 
 SAMPLE_KEY = struct.Struct("<IIiiQ")  # pid, tid, user_stack, kernel_stack, leaf_ret
-
-# How long samples already running on another CPU may still write to the old
-# window after a flip: a program run takes microseconds.
-FLIP_GRACE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -89,34 +83,32 @@ def map_sizes(frequency: int, window_s: float, cpus: int) -> dict[str, int]:
     return {"counts0": counts, "counts1": counts, "stacks0": stacks, "stacks1": stacks}
 
 
-class CpuRecorder:
+class CpuRecorder(WindowedMaps):
     def __init__(self, frequency: int, want_kernel: bool, window_s: float) -> None:
+        super().__init__(ERR_SLOTS)
         self.frequency = frequency
         self.period_ns = 1_000_000_000 // frequency
         self.want_kernel = want_kernel
         self.cpus = syscalls.online_cpus()
         self.compiled_from_cache = False
-        self.window = 0
         self._events: list[int] = []
         self._stack_depth = 0
-        self._loaded: objects.LoadedObject | None = None
         self._window_s = window_s
         self._missed_before = 0
-        self._errors_before = [0] * ERR_SLOTS
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
         obj, self.compiled_from_cache = objects.compiled(SOURCE, [PROGRAM])
         sizes = map_sizes(self.frequency, self._window_s, len(self.cpus))
         try:
-            self._loaded = objects.load(obj, sizes=sizes)
+            self.loaded = objects.load(obj, sizes=sizes)
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
                                      "`goprof doctor` says what this kernel allows") from None
         self._stack_depth = obj.maps["stacks0"].value_size // 8
-        self._set_config(CONFIG_WINDOW, 0)
-        self._set_config(CONFIG_WANT_KERNEL, int(self.want_kernel))
-        prog = self._loaded.programs[PROGRAM]
+        self.set_config(CONFIG_WINDOW, 0)
+        self.set_config(CONFIG_WANT_KERNEL, int(self.want_kernel))
+        prog = self.loaded.programs[PROGRAM]
         try:
             for cpu in self.cpus:
                 fd = syscalls.perf_event_open(cpu, self.period_ns)
@@ -140,45 +132,25 @@ class CpuRecorder:
         for fd in self._events:
             os.close(fd)
         self._events.clear()
-        if self._loaded is not None:
-            self._loaded.close()
-            self._loaded = None
+        self.close_maps()
 
     # -- targets --------------------------------------------------------------
     def add_target(self, pid: int) -> None:
-        self._map("targets").update(struct.pack("<I", pid), b"\x01")
+        self.map("targets").update(struct.pack("<I", pid), b"\x01")
 
     # -- reading --------------------------------------------------------------
     def samples_seen(self) -> int:
         """Target samples so far (cheap: one per-CPU lookup), for the progress line."""
-        return self._error_totals()[ERR_SAMPLES]
+        return self.error_totals()[ERR_SAMPLES]
 
     def drain(self) -> Window:
         """Flips the window and returns what the old one holds, leaving it empty."""
-        old = self.window
-        self.window ^= 1
-        self._set_config(CONFIG_WINDOW, self.window)
-        time.sleep(FLIP_GRACE_S)
-        return self._read_window(old)
+        return self._read_window(self.flip())
 
     def _read_window(self, w: int) -> Window:
-        counts = self._map(f"counts{w}")
-        stacks = self._map(f"stacks{w}")
+        counts = self.map(f"counts{w}")
+        stack = self.stack_reader(w)
         out = Window()
-        cache: dict[int, tuple[int, ...]] = {}
-
-        def stack(stack_id: int) -> tuple[int, ...]:
-            if stack_id < 0:
-                return ()
-            if stack_id not in cache:
-                raw = stacks.lookup(struct.pack("<I", stack_id))
-                ips: tuple[int, ...] = ()
-                if raw is not None:
-                    words = struct.unpack(f"<{len(raw) // 8}Q", raw)
-                    ips = tuple(ip for ip in words if ip)
-                cache[stack_id] = ips
-            return cache[stack_id]
-
         for key, value in counts.items():
             pid, tid, ustack, kstack, leaf_ret = SAMPLE_KEY.unpack(key)
             (count,) = struct.unpack("<Q", value)
@@ -188,8 +160,8 @@ class CpuRecorder:
             out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count))
             out.stats.counted += count
         counts.clear()
-        stacks.clear()
-        totals = self._take_errors()
+        self.map(f"stacks{w}").clear()
+        totals = self.take_errors()
         out.stats.seen = totals[ERR_SAMPLES]
         out.stats.user_collisions = totals[ERR_USER_COLLISION]
         out.stats.kernel_collisions = totals[ERR_KERNEL_COLLISION]
@@ -202,29 +174,7 @@ class CpuRecorder:
         return out
 
     def program_stats(self) -> dict[str, int]:
-        assert self._loaded is not None
-        info = syscalls.prog_info(self._loaded.programs[PROGRAM])
+        assert self.loaded is not None
+        info = syscalls.prog_info(self.loaded.programs[PROGRAM])
         return {"run_time_ns": info.run_time_ns, "run_cnt": info.run_cnt,
                 "recursion_misses": info.recursion_misses}
-
-    # -- helpers --------------------------------------------------------------
-    def _map(self, name: str) -> syscalls.Map:
-        assert self._loaded is not None, "open() first"
-        return self._loaded.maps[name]
-
-    def _set_config(self, slot: int, value: int) -> None:
-        self._map("config").update(struct.pack("<I", slot), struct.pack("<I", value))
-
-    def _error_totals(self) -> list[int]:
-        errors = self._map("errors")
-        totals = []
-        for slot in range(ERR_SLOTS):
-            raw = errors.lookup(struct.pack("<I", slot)) or b""
-            totals.append(sum(struct.unpack(f"<{len(raw) // 8}Q", raw)))
-        return totals
-
-    def _take_errors(self) -> list[int]:
-        """The error counters since the last call (they are never reset in the kernel)."""
-        totals = self._error_totals()
-        prev, self._errors_before = self._errors_before, totals
-        return [t - p for t, p in zip(totals, prev, strict=True)]

@@ -17,10 +17,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from goprof import __version__
 from goprof.build import ProfileBuilder
-from goprof.cpu_recorder import CpuRecorder, RawSample, Stats
+from goprof.cpu_recorder import CpuRecorder, Stats
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import Exporter
 from goprof.model import Profile
@@ -64,16 +65,30 @@ class RunResult:
     exit_code: int = 0
 
 
-class CpuSession:
-    def __init__(self, options: CpuOptions, console: Console | None = None) -> None:
-        self.opts = options
+class Recorder(Protocol):
+    """What the recording loop needs of a recorder (CPU or memory)."""
+
+    def samples_seen(self) -> int: ...
+    def drain(self) -> Any: ...  # a window: .samples (list) and .stats (with add())
+    def stop(self) -> None: ...
+
+
+class RecordingSession:
+    """What every recording command shares: signals, a started command, symbol
+    snapshots, the record loop with its progress line, and atomic writes."""
+
+    def __init__(self, duration: float | None, command: list[str],
+                 outputs: list[tuple[Path, Exporter]], console: Console | None) -> None:
+        self.duration = duration
+        self.command = command
+        self.outputs = outputs
         self.console = console or Console(stderr=True)
         self._stop = threading.Event()
         self._stop_reason = ""
         self.child: subprocess.Popen | None = None
         self.first_sample_at: float | None = None  # wall clock (time.time())
         # Drained at least every MAX_WINDOW_S; a shorter run is one window.
-        self.window_s = min(options.duration or MAX_WINDOW_S, MAX_WINDOW_S)
+        self.window_s = min(duration or MAX_WINDOW_S, MAX_WINDOW_S)
         self.record_cpu_s = 0.0
 
     # -- signals --------------------------------------------------------------
@@ -83,14 +98,145 @@ class CpuSession:
                 f"stopped by {signal.Signals(signum).name}"
         self._stop.set()
 
+    def _install_signals(self) -> dict:
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signals(old: dict) -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    # -- steps ----------------------------------------------------------------
+    def _start_command(self) -> Target:
+        try:
+            # Popen returns once the exec succeeded, so the pid is the program's.
+            self.child = subprocess.Popen(self.command)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot start {self.command[0]}: {e.strerror}") from None
+        return target_for_pid(self.child.pid)
+
+    def _stop_child(self) -> None:
+        """A command we started and that outlived the run is stopped (SIGTERM, then KILL)."""
+        if self.child is None:
+            return
+        if self.child.poll() is None:
+            self.child.terminate()
+            try:
+                self.child.wait(5)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait()
+
+    def _snapshot(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
+        try:
+            sym = ProcessSymbolizer(target.pid, cache)
+        except ProcessGone:
+            raise EnvironmentProblem(f"{target.label} exited before goprof could read its "
+                                     "memory map") from None
+        except SymbolizerError as e:
+            raise EnvironmentProblem(f"cannot read {target.label}'s binaries: {e}") from None
+        for err in sym.errors:
+            self.console.print(f"[yellow]note:[/] {target.label}: {err}")
+        return sym
+
+    def _record(self, recorder: Recorder, targets: list[Target],
+                symbolizers: dict[int, ProcessSymbolizer], stats: Any
+                ) -> tuple[list, str, float]:
+        """Records until the duration, a signal or every target's exit; returns
+        (samples, what ended the run, seconds recorded); stats are added to."""
+        started = time.monotonic()
+        window_s = self.window_s
+        next_drain = started + window_s
+        deadline = started + self.duration if self.duration else None
+        samples: list = []
+        live_pids = {t.pid for t in targets}
+        progress = _Progress(self.console, self.duration)
+        ended_by = ""
+        last_tick = started
+        with progress:
+            while True:
+                now = time.monotonic()
+                # Poll finely until the first sample, to report when it came.
+                tick = TICK_S if self.first_sample_at else FIRST_SAMPLE_POLL_S
+                wait = min(tick, next_drain - now)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if self._stop.wait(max(wait, 0)):
+                    ended_by = self._stop_reason
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    ended_by = "duration reached"
+                    break
+                seen = recorder.samples_seen()
+                if seen and self.first_sample_at is None:
+                    self.first_sample_at = time.time()
+                if self.first_sample_at is None and now - last_tick < TICK_S:
+                    continue
+                last_tick = now
+                for pid in list(live_pids):
+                    if not alive(pid):
+                        live_pids.discard(pid)
+                if not live_pids:
+                    ended_by = "every target exited"
+                    break
+                if now >= next_drain:
+                    self._drain_into(recorder, samples, stats)
+                    for pid in live_pids:
+                        self._refresh(symbolizers[pid])
+                    next_drain = now + window_s
+                progress.update(now - started, seen, stats.lost)
+        elapsed = time.monotonic() - started
+        recorder.stop()
+        # Both windows: the current one, then the other (empty unless a flip raced).
+        self._drain_into(recorder, samples, stats)
+        self._drain_into(recorder, samples, stats)
+        return samples, ended_by, elapsed
+
+    @staticmethod
+    def _drain_into(recorder: Recorder, samples: list, stats: Any) -> None:
+        window = recorder.drain()
+        samples.extend(window.samples)
+        stats.add(window.stats)
+
+    @staticmethod
+    def _refresh(sym: ProcessSymbolizer) -> None:
+        try:
+            sym.refresh()  # mappings added since (dlopen): keep what is loaded
+        except SymbolizerError:
+            pass  # exited meanwhile: the snapshot stays
+
+    def _write(self, profile: Profile) -> None:
+        """Each output written whole or not at all (a temporary file, then a rename)."""
+        for out, exporter in self.outputs:
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            try:
+                with open(tmp, "wb") as f:
+                    exporter.write(profile, f)
+                os.replace(tmp, out)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
+
+    def _write_json(self, path: Path, doc: dict) -> None:
+        try:
+            path.write_text(json.dumps(doc, indent=1) + "\n")
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot write {path}: {e.strerror}") from None
+
+
+class CpuSession(RecordingSession):
+    def __init__(self, options: CpuOptions, console: Console | None = None) -> None:
+        super().__init__(options.duration, options.command, options.outputs, console)
+        self.opts = options
+
     def run(self) -> RunResult:
         started_mono = time.monotonic()
         check_privileges()
         targets = [target_for_pid(pid) for pid in self.opts.pids]
         recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, self.window_s)
         recorder.open()
-        old_handlers = {s: signal.signal(s, self._on_signal)
-                        for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = self._install_signals()
         try:
             if self.opts.command:
                 targets.append(self._start_command())
@@ -104,15 +250,14 @@ class CpuSession:
             cache = BinaryCache()
             symbolizers = {t.pid: self._snapshot(t, cache) for t in targets}
             cpu_before = _cpu_seconds()
-            samples, stats, ended_by, elapsed = self._record(recorder, targets, symbolizers)
+            stats = Stats()
+            samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
             self.record_cpu_s = _cpu_seconds() - cpu_before
             bpf_stats = recorder.program_stats()
         finally:
             recorder.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-        if self.child is not None:
-            self._stop_child()
+            self._restore_signals(old_handlers)
+        self._stop_child()
         comms = {t.pid: t.comm for t in targets}
         # kallsyms takes ~0.3 s to read: after recording, off the first sample's path.
         builder = ProfileBuilder(symbolizers, self._kernel_symbolizer(), comms)
@@ -164,43 +309,7 @@ class CpuSession:
             "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
             "bpf_from_cache": cached,
         }
-        try:
-            self.opts.stats_path.write_text(json.dumps(doc, indent=1) + "\n")
-        except OSError as e:
-            raise EnvironmentProblem(f"cannot write {self.opts.stats_path}: {e.strerror}") \
-                from None
-
-    # -- steps ----------------------------------------------------------------
-    def _start_command(self) -> Target:
-        try:
-            # Popen returns once the exec succeeded, so the pid is the program's.
-            self.child = subprocess.Popen(self.opts.command)
-        except OSError as e:
-            raise EnvironmentProblem(f"cannot start {self.opts.command[0]}: {e.strerror}") from None
-        return target_for_pid(self.child.pid)
-
-    def _stop_child(self) -> None:
-        """A command we started and that outlived the run is stopped (SIGTERM, then KILL)."""
-        assert self.child is not None
-        if self.child.poll() is None:
-            self.child.terminate()
-            try:
-                self.child.wait(5)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
-
-    def _snapshot(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
-        try:
-            sym = ProcessSymbolizer(target.pid, cache)
-        except ProcessGone:
-            raise EnvironmentProblem(f"{target.label} exited before goprof could read its "
-                                     "memory map") from None
-        except SymbolizerError as e:
-            raise EnvironmentProblem(f"cannot read {target.label}'s binaries: {e}") from None
-        for err in sym.errors:
-            self.console.print(f"[yellow]note:[/] {target.label}: {err}")
-        return sym
+        self._write_json(self.opts.stats_path, doc)
 
     def _kernel_symbolizer(self) -> KernelSymbolizer | None:
         if not self.opts.kernel:
@@ -210,84 +319,6 @@ class CpuSession:
         except SymbolizerError as e:
             self.console.print(f"[yellow]note:[/] kernel frames stay unnamed: {e}")
             return None
-
-    def _record(self, recorder: CpuRecorder, targets: list[Target],
-                symbolizers: dict[int, ProcessSymbolizer]
-                ) -> tuple[list[RawSample], Stats, str, float]:
-        started = time.monotonic()
-        window_s = self.window_s
-        next_drain = started + window_s
-        deadline = started + self.opts.duration if self.opts.duration else None
-        samples: list[RawSample] = []
-        stats = Stats()
-        live_pids = {t.pid for t in targets}
-        progress = _Progress(self.console, self.opts.duration)
-        ended_by = ""
-        last_tick = started
-        with progress:
-            while True:
-                now = time.monotonic()
-                # Poll finely until the first sample, to report when it came.
-                tick = TICK_S if self.first_sample_at else FIRST_SAMPLE_POLL_S
-                wait = min(tick, next_drain - now)
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                if self._stop.wait(max(wait, 0)):
-                    ended_by = self._stop_reason
-                    break
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    ended_by = "duration reached"
-                    break
-                seen = recorder.samples_seen()
-                if seen and self.first_sample_at is None:
-                    self.first_sample_at = time.time()
-                if self.first_sample_at is None and now - last_tick < TICK_S:
-                    continue
-                last_tick = now
-                for pid in list(live_pids):
-                    if not alive(pid):
-                        live_pids.discard(pid)
-                if not live_pids:
-                    ended_by = "every target exited"
-                    break
-                if now >= next_drain:
-                    self._drain_into(recorder, samples, stats)
-                    for pid in live_pids:
-                        self._refresh(symbolizers[pid])
-                    next_drain = now + window_s
-                progress.update(now - started, seen, stats.lost)
-        elapsed = time.monotonic() - started
-        recorder.stop()
-        # Both windows: the current one, then the other (empty unless a flip raced).
-        self._drain_into(recorder, samples, stats)
-        self._drain_into(recorder, samples, stats)
-        return samples, stats, ended_by, elapsed
-
-    @staticmethod
-    def _drain_into(recorder: CpuRecorder, samples: list[RawSample], stats: Stats) -> None:
-        window = recorder.drain()
-        samples.extend(window.samples)
-        stats.add(window.stats)
-
-    @staticmethod
-    def _refresh(sym: ProcessSymbolizer) -> None:
-        try:
-            sym.refresh()  # mappings added since (dlopen): keep what is loaded
-        except SymbolizerError:
-            pass  # exited meanwhile: the snapshot stays
-
-    def _write(self, profile: Profile) -> None:
-        """Each output written whole or not at all (a temporary file, then a rename)."""
-        for out, exporter in self.opts.outputs:
-            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            try:
-                with open(tmp, "wb") as f:
-                    exporter.write(profile, f)
-                os.replace(tmp, out)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
 
     def _print_summary(self, result: RunResult, builder: ProfileBuilder) -> None:
         c = self.console
