@@ -44,6 +44,7 @@ MAP_PERCPU_ARRAY = 6
 MAP_STACK_TRACE = 7
 
 # enum bpf_prog_type
+PROG_KPROBE = 2  # also the type of uprobe programs
 PROG_PERF_EVENT = 7
 
 BPF_ANY = 0
@@ -278,6 +279,39 @@ def perf_event_open(cpu: int, sample_period: int, pid: int = -1,
     if fd < 0:
         err = ctypes.get_errno()
         raise BPFError(err, f"perf_event_open(cpu {cpu}): {os.strerror(err)}")
+    return fd
+
+
+UPROBE_PMU_TYPE = "/sys/bus/event_source/devices/uprobe/type"
+
+
+@functools.cache
+def uprobe_pmu_type() -> int:
+    """The dynamic PMU number of uprobes (8 here); raises BPFError when the kernel has none."""
+    try:
+        with open(UPROBE_PMU_TYPE) as f:
+            return int(f.read())
+    except (OSError, ValueError) as e:
+        raise BPFError(errno.ENOENT, f"this kernel has no uprobe PMU ({UPROBE_PMU_TYPE}: {e})") \
+            from None
+
+
+def uprobe_open(path: str, file_offset: int, cpu: int, pid: int = -1) -> int:
+    """A disabled uprobe perf event on the instruction at file_offset of path.
+
+    Opened per CPU for every process (pid -1): a per-task uprobe event fires only
+    for that one thread, not its siblings, so the BPF program filters by tgid.
+    """
+    attr = ctypes.create_string_buffer(112)
+    c_path = ctypes.create_string_buffer(os.fsencode(path))
+    # type, size, config, sample_period=1, sample_type, read_format, flags (disabled)
+    struct.pack_into("<IIQQQQQ", attr, 0, uprobe_pmu_type(), 112, 0, 1, 0, 0, 1)
+    # config1 = uprobe_path, config2 = probe_offset
+    struct.pack_into("<QQ", attr, 56, _addr(c_path), file_offset)
+    fd = _libc.syscall(SYS_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, 0x8)  # CLOEXEC
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise BPFError(err, f"uprobe on {path}+{file_offset:#x} (cpu {cpu}): {os.strerror(err)}")
     return fd
 
 
