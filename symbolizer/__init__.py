@@ -4,7 +4,7 @@ kernel."""
 
 from .binary import BinarySymbols, load_binary
 from .cache import BinaryCache
-from .errors import ProcessGone, SymbolizerError
+from .errors import ProcessGone, SymbolizerError, UnsupportedGo
 from .kernel import KERNEL_MAPPING, KernelSymbolizer
 from .process import ProcessSymbolizer
 
@@ -16,5 +16,6 @@ __all__ = [
     "ProcessGone",
     "ProcessSymbolizer",
     "SymbolizerError",
+    "UnsupportedGo",
     "load_binary",
 ]

@@ -9,3 +9,7 @@ class SymbolizerError(Exception):
 
 class ProcessGone(SymbolizerError):
     """The target's /proc/PID entry vanished (it exited) before we could read it."""
+
+
+class UnsupportedGo(SymbolizerError):
+    """A Go version this code has no built-in knowledge of, and no DWARF to learn it from."""

@@ -141,8 +141,36 @@ class Pclntab:
         # By offset in pctab (the linker shares one table between functions that have
         # the same one).
         self._tables: dict[int, _Table] = {}
+        self._by_name: dict[str, int] | None = None
 
     # -- functions ---------------------------------------------------------------------
+
+    def entries_by_name(self) -> dict[str, int]:
+        """Function name (as the linker wrote it, generic shapes included) -> entry vaddr.
+
+        Built on first use: most users only name pcs and never need it. Only the nameOff
+        field of each record is read, not the whole _func. Where two records carry the
+        same name the first (lowest address) wins."""
+        if self._by_name is None:
+            by_name: dict[str, int] = {}
+            names: dict[int, str] = {}  # nameOff -> name: the linker shares names
+            for i in range(self.nfunc):
+                at = self.pcln_off + self.funcoffs[i] + 4  # _func.nameOff follows entryOff
+                name_off = self._u32(at)
+                name = names.get(name_off)
+                if name is None:
+                    name = self._cstring(self.funcname_off + name_off, "function name")
+                    names[name_off] = name
+                by_name.setdefault(name, self.text + self.entries[i])
+            self._by_name = by_name
+        return self._by_name
+
+    def func_bounds(self, vaddr: int) -> tuple[int, int] | None:
+        """[entry, end) in vaddrs of the function holding vaddr (end: the next entry)."""
+        i = self.func_index(vaddr)
+        if i is None:
+            return None
+        return self.text + self.entries[i], self.text + self.entries[i + 1]
 
     @property
     def text_range(self) -> tuple[int, int]:
