@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -40,11 +41,35 @@ class GoBinary:
         return f"{self.program}-{self.toolchain}-{self.variant}"
 
 
+# A quoted import path of a package of this module (go.mod: module goprof.test/fixtures).
+_LOCAL_IMPORT = re.compile(r'"goprof\.test/fixtures/([\w./-]+)"')
+
+
+def _local_packages(program: str) -> list[str]:
+    """The fixture packages that program imports, directly or not (e.g. allocwork)."""
+    seen: set[str] = set()
+    todo = [program]
+    while todo:
+        pkg = todo.pop()
+        for p in sorted((FIXTURES / pkg).glob("*.go")):
+            for dep in _LOCAL_IMPORT.findall(p.read_text()):
+                if dep not in seen and dep != program:
+                    seen.add(dep)
+                    todo.append(dep)
+    return sorted(seen)
+
+
 def _source_hash(program: str) -> str:
+    """Hash of the program's sources, go.mod, and the local packages it imports."""
     h = hashlib.sha256()
     for p in sorted((FIXTURES / program).rglob("*.go")) + [FIXTURES / "go.mod"]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
+    # After the program's own files, so programs without local imports keep their key.
+    for pkg in _local_packages(program):
+        for p in sorted((FIXTURES / pkg).glob("*.go")):
+            h.update(f"{pkg}/{p.name}".encode())
+            h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
