@@ -296,11 +296,13 @@ def uprobe_pmu_type() -> int:
             from None
 
 
-def uprobe_open(path: str, file_offset: int, cpu: int, pid: int = -1) -> int:
+def uprobe_open(path: str, file_offset: int, pid: int = -1, cpu: int = 0) -> int:
     """A disabled uprobe perf event on the instruction at file_offset of path.
 
-    Opened per CPU for every process (pid -1): a per-task uprobe event fires only
-    for that one thread, not its siblings, so the BPF program filters by tgid.
+    One event per probe, for every process (pid -1; the BPF program filters by
+    tgid: a per-task uprobe event would fire for that one thread only). The
+    attached program runs for hits on every CPU; it is the uprobe's, not the
+    CPU's: one event per CPU would run it once per event, counting each hit twice.
     """
     attr = ctypes.create_string_buffer(112)
     c_path = ctypes.create_string_buffer(os.fsencode(path))

@@ -15,14 +15,17 @@ from goprof.bpf import objects, syscalls
 
 CONFIG_WINDOW = 0  # the config[] slot both programs read the window from
 
-# How long program runs already under way on another CPU may still write to the
-# old window after a flip: a run takes microseconds.
+# How long program runs already under way may still write to the old window after
+# a flip. A perf_event program runs in interrupt context for microseconds; a uprobe
+# program runs in the probed task and can be preempted, so it gets longer (what
+# still comes late is lost, and counted).
 FLIP_GRACE_S = 0.005
 
 
 class WindowedMaps:
-    def __init__(self, error_slots: int) -> None:
+    def __init__(self, error_slots: int, flip_grace_s: float = FLIP_GRACE_S) -> None:
         self.window = 0
+        self.flip_grace_s = flip_grace_s
         self.loaded: objects.LoadedObject | None = None
         self._error_slots = error_slots
         self._errors_before = [0] * error_slots
@@ -39,7 +42,7 @@ class WindowedMaps:
         old = self.window
         self.window ^= 1
         self.set_config(CONFIG_WINDOW, self.window)
-        time.sleep(FLIP_GRACE_S)
+        time.sleep(self.flip_grace_s)
         return old
 
     def stack_reader(self, window: int):

@@ -1,0 +1,225 @@
+// goprof mem: uprobe programs on the Go runtime's allocation paths.
+//
+// Every probe sits on the conditional jump right after a function's stack-bound
+// check (emulated by the kernel, ~0.8 us a hit; the function's first instruction
+// is single-stepped, ~12 us). Argument registers still hold the Go arguments
+// there (ABIInternal: AX, BX, CX, ...). When the jump is about to be taken, the
+// goroutine's stack grows and the function starts over, so the probe would fire
+// twice: such hits are skipped (counted).
+//
+// One program per method (user space attaches only the method's programs):
+//   on_sampled_alloc  runtime.profilealloc(mp, x, size): Go's own heap sampler
+//                     picked this allocation; CX is the slot size.
+//   on_malloc         runtime.mallocgc(size, typ, needzero) and Go 1.27's
+//                     size-specialized entry points: every allocation; AX = size.
+//   on_refill         runtime.(*mcache).refill(c, spc): a span is retired; it
+//   on_alloc_large    and (*mcache).allocLarge(c, size) stand for the bytes
+//                     handed out since; a stack is taken only when a per-CPU
+//                     byte counter crosses an exponentially drawn threshold.
+//
+// Allocations are counted in the kernel by (pid, user stack, word at the stack
+// pointer, size), in two window sets as in cpu.c. Map sizes below are
+// placeholders: user space creates the maps with its own sizes.
+
+#include <uapi/linux/ptrace.h>
+
+#define CONFIG_WINDOW 0   // which of the two windows (0/1) counts go to
+
+// errors[] slots: per-CPU counters, summed by user space.
+#define ERR_HITS 0            // probe hits in target processes
+#define ERR_COLLISION 1       // bpf_get_stackid -EEXIST: bucket taken by another stack
+#define ERR_STACK 2           // any other stack failure
+#define ERR_COUNTS_FULL 3     // the counts map had no room: the event is lost
+#define ERR_MORESTACK 4       // hits skipped: the stack grows and the function restarts
+#define ERR_READ 5            // runtime structures that could not be read (span method)
+#define ERR_SPAN_BYTES 6      // span method: every byte handed out (exact total)
+#define ERR_SPAN_OBJECTS 7    // span method: every object handed out
+#define ERR_SPAN_EVENTS 8     // span method: refills and large objects seen
+#define ERR_SAMPLED 9         // events counted with a stack
+#define ERR_SLOTS 16
+
+#define EEXIST 17
+#define THRESHOLDS 1024       // size of the table of exponential draws
+#define PAGE_SHIFT_GO 13      // Go's heap pages are 8 KiB
+#define FLAGS_CF_ZF 0x41      // JBE is taken when CF or ZF is set
+
+// What the span programs must know of a target's runtime: struct offsets of its
+// Go version (from DWARF or goprof's table), per process.
+struct target_info {
+    u32 mcache_alloc;         // offsetof(mcache, alloc): [numSpanClasses]*mspan
+    u32 span_alloc_count;     // offsetof(mspan, allocCount), uint16
+    u32 span_before_cache;    // offsetof(mspan, allocCountBeforeCache), uint16
+    u32 span_elemsize;        // offsetof(mspan, elemsize), uintptr
+};
+
+struct alloc_key {
+    u32 pid;
+    s32 user_stack;
+    // The word at the stack pointer: the probed function has not pushed its frame
+    // yet, so the frame-pointer walk skips its caller; this is its return address.
+    u64 leaf_ret;
+    u64 size;                 // sampled/exact: object size; span: bytes of the event
+};
+
+struct alloc_value {
+    u64 events;
+    u64 objects;
+    u64 bytes;
+};
+
+BPF_HASH(targets, u32, struct target_info, 64);
+BPF_ARRAY(config, u32, 4);
+BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
+BPF_ARRAY(thresholds, u64, THRESHOLDS);   // exponential draws in bytes, from user space
+BPF_PERCPU_ARRAY(until_sample, s64, 1);    // span method: bytes left before the next stack
+BPF_STACK_TRACE(stacks0, 1024);
+BPF_STACK_TRACE(stacks1, 1024);
+BPF_HASH(counts0, struct alloc_key, struct alloc_value, 1024);
+BPF_HASH(counts1, struct alloc_key, struct alloc_value, 1024);
+
+static inline void count_error(int slot, u64 n) {
+    u64 *v = errors.lookup(&slot);
+    if (v)
+        *v += n;
+}
+
+// The tgid when the hit is in a target and will not restart; else 0.
+static inline u32 target_hit(struct pt_regs *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!targets.lookup(&tgid))
+        return 0;
+    if (ctx->flags & FLAGS_CF_ZF) {
+        count_error(ERR_MORESTACK, 1);
+        return 0;
+    }
+    count_error(ERR_HITS, 1);
+    return tgid;
+}
+
+static inline void add_value(struct alloc_value *v, u64 objects, u64 bytes) {
+    __sync_fetch_and_add(&v->events, 1);
+    __sync_fetch_and_add(&v->objects, objects);
+    __sync_fetch_and_add(&v->bytes, bytes);
+}
+
+static inline void record(struct pt_regs *ctx, u32 pid, u64 size, u64 objects, u64 bytes) {
+    int slot = CONFIG_WINDOW;
+    u32 *window_slot = config.lookup(&slot);
+    if (!window_slot)
+        return;
+    u32 window = *window_slot & 1;
+
+    struct alloc_key key = {};
+    key.pid = pid;
+    key.size = size;
+    bpf_probe_read_user(&key.leaf_ret, sizeof(key.leaf_ret), (void *)ctx->sp);
+    key.user_stack = window ? stacks1.get_stackid(ctx, BPF_F_USER_STACK)
+                            : stacks0.get_stackid(ctx, BPF_F_USER_STACK);
+    if (key.user_stack < 0)
+        count_error(key.user_stack == -EEXIST ? ERR_COLLISION : ERR_STACK, 1);
+    count_error(ERR_SAMPLED, 1);
+
+    struct alloc_value *v = window ? counts1.lookup(&key) : counts0.lookup(&key);
+    if (v) {
+        add_value(v, objects, bytes);
+        return;
+    }
+    struct alloc_value first = {1, objects, bytes};
+    int err = window ? counts1.insert(&key, &first) : counts0.insert(&key, &first);
+    if (err == 0)
+        return;
+    // Another CPU may have inserted the same key meanwhile; else the map is full.
+    v = window ? counts1.lookup(&key) : counts0.lookup(&key);
+    if (v)
+        add_value(v, objects, bytes);
+    else
+        count_error(ERR_COUNTS_FULL, 1);
+}
+
+static inline s64 draw_threshold(void) {
+    int i = bpf_get_prandom_u32() & (THRESHOLDS - 1);
+    u64 *t = thresholds.lookup(&i);
+    return t && *t ? (s64)*t : 1;
+}
+
+// Span method: every event is added to the exact totals; a stack is taken when
+// the bytes since the last one cross a fresh exponential threshold, as Go's own
+// sampler does per allocation (so P(sampled) = 1 - exp(-bytes/rate)).
+static inline void span_event(struct pt_regs *ctx, u32 pid, u64 bytes, u64 objects) {
+    count_error(ERR_SPAN_BYTES, bytes);
+    count_error(ERR_SPAN_OBJECTS, objects);
+    count_error(ERR_SPAN_EVENTS, 1);
+    int zero = 0;
+    s64 *left = until_sample.lookup(&zero);
+    if (!left)
+        return;
+    s64 l = *left;
+    if (l == 0)
+        l = draw_threshold();   // this CPU's first event
+    l -= (s64)bytes;
+    if (l > 0) {
+        *left = l;
+        return;
+    }
+    *left = draw_threshold();
+    record(ctx, pid, bytes, objects, bytes);
+}
+
+int on_sampled_alloc(struct pt_regs *ctx) {
+    u32 pid = target_hit(ctx);
+    if (!pid)
+        return 0;
+    u64 size = ctx->cx;
+    record(ctx, pid, size, 1, size);
+    return 0;
+}
+
+int on_malloc(struct pt_regs *ctx) {
+    u32 pid = target_hit(ctx);
+    if (!pid)
+        return 0;
+    u64 size = ctx->ax;
+    record(ctx, pid, size, 1, size);
+    return 0;
+}
+
+int on_refill(struct pt_regs *ctx) {
+    u32 pid = target_hit(ctx);
+    if (!pid)
+        return 0;
+    struct target_info *info = targets.lookup(&pid);
+    if (!info)
+        return 0;
+    // The span being retired: c.alloc[spc]. Its allocCount minus
+    // allocCountBeforeCache is what it handed out since it was cached.
+    u64 c = ctx->ax;
+    u64 spc = ctx->bx & 0xff;
+    u64 span = 0;
+    u16 alloc_count = 0, before = 0;
+    u64 elemsize = 0;
+    if (bpf_probe_read_user(&span, sizeof(span), (void *)(c + info->mcache_alloc + spc * 8)) ||
+        !span ||
+        bpf_probe_read_user(&alloc_count, sizeof(alloc_count),
+                            (void *)(span + info->span_alloc_count)) ||
+        bpf_probe_read_user(&before, sizeof(before), (void *)(span + info->span_before_cache)) ||
+        bpf_probe_read_user(&elemsize, sizeof(elemsize), (void *)(span + info->span_elemsize))) {
+        count_error(ERR_READ, 1);
+        return 0;
+    }
+    if (alloc_count <= before)
+        return 0;   // the empty placeholder span, or nothing handed out
+    u64 objects = alloc_count - before;
+    span_event(ctx, pid, objects * elemsize, objects);
+    return 0;
+}
+
+int on_alloc_large(struct pt_regs *ctx) {
+    u32 pid = target_hit(ctx);
+    if (!pid)
+        return 0;
+    // A large object gets whole 8 KiB pages.
+    u64 size = ctx->bx;
+    u64 pages = (size + (1 << PAGE_SHIFT_GO) - 1) >> PAGE_SHIFT_GO;
+    span_event(ctx, pid, pages << PAGE_SHIFT_GO, 1);
+    return 0;
+}

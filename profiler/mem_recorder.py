@@ -1,0 +1,212 @@
+"""The kernel side of an allocation profile, seen from user space.
+
+Loads bpf/mem.c (from the compile cache), puts uprobes on the runtime functions
+of the chosen method (one perf event per probe, for every process using the
+binary: the program keeps only target pids), and drains counted allocations
+window by window (goprof.windows).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+from dataclasses import dataclass, field
+
+from goprof.bpf import objects, syscalls
+from goprof.errors import EnvironmentProblem
+from goprof.windows import CONFIG_WINDOW, WindowedMaps
+
+SOURCE = "mem.c"
+PROGRAMS = ["on_sampled_alloc", "on_malloc", "on_refill", "on_alloc_large"]
+
+# errors[] slots: keep in sync with bpf/mem.c.
+ERR_HITS = 0
+ERR_COLLISION = 1
+ERR_STACK = 2
+ERR_COUNTS_FULL = 3
+ERR_MORESTACK = 4
+ERR_READ = 5
+ERR_SPAN_BYTES = 6
+ERR_SPAN_OBJECTS = 7
+ERR_SPAN_EVENTS = 8
+ERR_SAMPLED = 9
+ERR_SLOTS = 16
+
+THRESHOLDS = 1024
+ALLOC_KEY = struct.Struct("<IiQQ")  # pid, user_stack, leaf_ret, size
+ALLOC_VALUE = struct.Struct("<QQQ")  # events, objects, bytes
+TARGET_INFO = struct.Struct("<IIII")  # mcache_alloc, span allocCount, allocCountBeforeCache,
+#                                       elemsize offsets
+
+# Map sizes: distinct (stack, size) keys one window can hold; a STACK_TRACE map
+# gets more buckets than stacks because colliding stacks are dropped (counted).
+UPROBE_FLIP_GRACE_S = 0.05  # see goprof.windows
+COUNTS_SIZE = 16384
+STACKS_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class AllocSample:
+    pid: int
+    user: tuple[int, ...]  # leaf first (the probed function); () when the walk failed
+    leaf_ret: int
+    size: int  # object size (sampled, exact) or the bytes of one span event
+    events: int
+    objects: int
+    bytes: int
+
+
+@dataclass
+class MemStats:
+    """Counters a run reports at its end (nothing silent)."""
+
+    hits: int = 0  # probe hits in targets
+    sampled: int = 0  # events that took a stack
+    counted: int = 0  # events in the profile
+    collisions: int = 0
+    stack_errors: int = 0
+    counts_full: int = 0
+    morestack: int = 0  # hits skipped: the function restarts on a grown stack
+    read_errors: int = 0
+    truncated: int = 0
+    missed_runs: int = 0
+    span_bytes: int = 0  # span method: exact totals
+    span_objects: int = 0
+    span_events: int = 0
+
+    @property
+    def lost(self) -> int:
+        return max(self.sampled - self.counted, 0) + self.missed_runs
+
+    def add(self, other: MemStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class MemWindow:
+    samples: list[AllocSample] = field(default_factory=list)
+    stats: MemStats = field(default_factory=MemStats)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One uprobe: a program on an instruction of a binary (a file offset)."""
+
+    path: str
+    file_offset: int
+    program: str
+    function: str
+
+
+def exponential_thresholds(rate: int, n: int = THRESHOLDS, seed: int | None = None) -> list[int]:
+    """n draws from an exponential distribution of mean `rate` bytes, at evenly
+    spaced quantiles in random order: the kernel picks one at random per sample."""
+    draws = [max(1, round(-math.log((i + 0.5) / n) * rate)) for i in range(n)]
+    random.Random(seed).shuffle(draws)
+    return draws
+
+
+class MemRecorder(WindowedMaps):
+    def __init__(self, span_rate: int) -> None:
+        super().__init__(ERR_SLOTS, flip_grace_s=UPROBE_FLIP_GRACE_S)
+        self.span_rate = span_rate
+        self.compiled_from_cache = False
+        self.probes: list[Probe] = []
+        self._events: list[int] = []
+        self._stack_depth = 0
+        self._missed_before = 0
+
+    # -- lifecycle ------------------------------------------------------------
+    def open(self) -> None:
+        obj, self.compiled_from_cache = objects.compiled(SOURCE, PROGRAMS)
+        sizes = {"counts0": COUNTS_SIZE, "counts1": COUNTS_SIZE,
+                 "stacks0": STACKS_SIZE, "stacks1": STACKS_SIZE}
+        try:
+            self.loaded = objects.load(obj, sizes=sizes, prog_type=syscalls.PROG_KPROBE)
+        except syscalls.BPFError as e:
+            raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
+                                     "`goprof doctor` says what this kernel allows") from None
+        self._stack_depth = obj.maps["stacks0"].value_size // 8
+        self.set_config(CONFIG_WINDOW, 0)
+        thresholds = self.map("thresholds")
+        for i, t in enumerate(exponential_thresholds(self.span_rate)):
+            thresholds.update(struct.pack("<I", i), struct.pack("<Q", t))
+
+    def attach(self, probe: Probe) -> None:
+        """A disabled uprobe (hits on every CPU run the program); start() enables it."""
+        assert self.loaded is not None
+        prog = self.loaded.programs[probe.program]
+        try:
+            fd = syscalls.uprobe_open(probe.path, probe.file_offset)
+            self._events.append(fd)
+            syscalls.attach_perf_event(fd, prog)
+        except syscalls.BPFError as e:
+            raise EnvironmentProblem(f"cannot put a uprobe on {probe.function}: {e}") from None
+        self.probes.append(probe)
+
+    def start(self) -> None:
+        for fd in self._events:
+            syscalls.enable_perf_event(fd)
+
+    def stop(self) -> None:
+        for fd in self._events:
+            syscalls.disable_perf_event(fd)
+
+    def close(self) -> None:
+        for fd in self._events:
+            os.close(fd)
+        self._events.clear()
+        self.close_maps()
+
+    # -- targets --------------------------------------------------------------
+    def add_target(self, pid: int, layout: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        """layout: the span method's offsets (mcache.alloc, mspan.allocCount,
+        mspan.allocCountBeforeCache, mspan.elemsize) of the target's Go version."""
+        self.map("targets").update(struct.pack("<I", pid), TARGET_INFO.pack(*layout))
+
+    # -- reading --------------------------------------------------------------
+    def samples_seen(self) -> int:
+        return self.error_totals()[ERR_HITS]
+
+    def drain(self) -> MemWindow:
+        return self._read_window(self.flip())
+
+    def _read_window(self, w: int) -> MemWindow:
+        counts = self.map(f"counts{w}")
+        stack = self.stack_reader(w)
+        out = MemWindow()
+        for key, value in counts.items():
+            pid, ustack, leaf_ret, size = ALLOC_KEY.unpack(key)
+            events, objects_, bytes_ = ALLOC_VALUE.unpack(value)
+            user = stack(ustack)
+            if len(user) >= self._stack_depth:
+                out.stats.truncated += events
+            out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_))
+            out.stats.counted += events
+        counts.clear()
+        self.map(f"stacks{w}").clear()
+        t = self.take_errors()
+        s = out.stats
+        s.hits, s.sampled, s.collisions = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_COLLISION]
+        s.stack_errors, s.counts_full = t[ERR_STACK], t[ERR_COUNTS_FULL]
+        s.morestack, s.read_errors = t[ERR_MORESTACK], t[ERR_READ]
+        s.span_bytes, s.span_objects = t[ERR_SPAN_BYTES], t[ERR_SPAN_OBJECTS]
+        s.span_events = t[ERR_SPAN_EVENTS]
+        missed = self.program_stats()["recursion_misses"]
+        s.missed_runs = missed - self._missed_before
+        self._missed_before = missed
+        return out
+
+    def program_stats(self) -> dict[str, int]:
+        """Summed over the programs this run attached."""
+        assert self.loaded is not None
+        totals = {"run_time_ns": 0, "run_cnt": 0, "recursion_misses": 0}
+        for name in {p.program for p in self.probes}:
+            info = syscalls.prog_info(self.loaded.programs[name])
+            totals["run_time_ns"] += info.run_time_ns
+            totals["run_cnt"] += info.run_cnt
+            totals["recursion_misses"] += info.recursion_misses
+        return totals
