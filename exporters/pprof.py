@@ -121,7 +121,9 @@ class _Builder:
             self.out.sample.append(pb.Sample(
                 location_id=[self.location_id(loc) for loc in sample.locations],
                 value=sample.values,
-                label=[pb.Label(key=s(k), str=s(v)) for k, v in sorted(sample.labels.items())],
+                label=[pb.Label(key=s(k), str=s(v)) for k, v in sorted(sample.labels.items())]
+                + [pb.Label(key=s(k), num=n, num_unit=s(unit))
+                   for k, (n, unit) in sorted(sample.num_labels.items())],
             ))
         self.out.time_nanos = p.time_nanos
         self.out.duration_nanos = p.duration_nanos

@@ -45,14 +45,16 @@ class ProfileBuilder:
         self.comms = comms
         self.stats = SymbolStats()
 
-    def user_locations(self, raw: RawSample) -> list[Location]:
-        sym = self.symbolizers.get(raw.pid)
-        if sym is None or not raw.user:
+    def user_locations(self, pid: int, user: tuple[int, ...], leaf_ret: int,
+                       weight: int) -> list[Location]:
+        """Locations of a user stack (leaf first); `weight` counts cut stacks."""
+        sym = self.symbolizers.get(pid)
+        if sym is None or not user:
             return []
-        pcs = list(raw.user)
+        pcs = list(user)
         lookups = [pcs[0]] + [pc - 1 for pc in pcs[1:]]
-        if raw.leaf_ret and sym.frameless(pcs[0]):
-            lookups.insert(1, raw.leaf_ret - 1)
+        if leaf_ret and sym.frameless(pcs[0]):
+            lookups.insert(1, leaf_ret - 1)
         locations = []
         for pc in lookups:
             loc = sym.locate(pc)
@@ -60,7 +62,7 @@ class ProfileBuilder:
                 # A return address outside every mapped file: the frame-pointer walk
                 # went through a frame that does not keep one (assembly using BP).
                 # What follows is garbage: the stack ends here, counted as cut.
-                self.stats.cut_stacks += raw.count
+                self.stats.cut_stacks += weight
                 break
             locations.append(loc)
         return locations
@@ -83,15 +85,15 @@ class ProfileBuilder:
         for (pid, tid, user, kernel, leaf_ret), count in merged.items():
             raw = RawSample(pid, tid, user, kernel, leaf_ret, count)
             klocs = self.kernel_locations(raw)
-            ulocs = self.user_locations(raw)
-            self._count(klocs, count, kernel=True)
-            self._count(ulocs, count, kernel=False)
+            ulocs = self.user_locations(pid, user, leaf_ret, count)
+            self.count_frames(klocs, count, kernel=True)
+            self.count_frames(ulocs, count, kernel=False)
             locations = tuple(klocs + ulocs)  # leaf first: kernel frames are the leaves
             labels = {"pid": str(pid), "tid": str(tid), "comm": self.comms.get(pid, "?")}
             profile.samples.append(Sample(locations, (count, count * period_ns), labels))
         return profile
 
-    def _count(self, locs: list[Location], count: int, kernel: bool) -> None:
+    def count_frames(self, locs: list[Location], count: int, kernel: bool) -> None:
         unnamed = [loc for loc in locs if not loc.frames]
         for loc in unnamed:
             self.stats.unnamed_addresses.add(loc.address)

@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from goprof import __version__
-from goprof.commands import cpu, doctor
+from goprof.commands import cpu, doctor, heap, mem
 from goprof.errors import GoprofError
 from rich.console import Console
 
-SUBCOMMANDS = (cpu, doctor)
+SUBCOMMANDS = (cpu, mem, heap, doctor)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -61,6 +61,8 @@ class Sample:
     locations: tuple[Location, ...]  # leaf first
     values: tuple[int, ...]  # one per Profile.sample_types
     labels: dict[str, str] = field(default_factory=dict)  # pid, tid, comm
+    # Numeric labels: name -> (value, unit), e.g. an allocation's "bytes" as Go writes it.
+    num_labels: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -36,12 +36,14 @@ def top_functions(profile: Profile, value_index: int = 0, limit: int = 10
     return [FunctionShare(name, w, cum.get(name, w)) for name, w in ranked], total
 
 
-def print_top(console: Console, profile: Profile, value_index: int = 0, limit: int = 10) -> None:
+def print_top(console: Console, profile: Profile, value_index: int = 0, limit: int = 10,
+              empty: str = "no samples: the targets used no CPU while recording") -> None:
     shares, total = top_functions(profile, value_index, limit)
     if not total:
-        console.print("no samples: the targets used no CPU while recording")
+        console.print(empty)
         return
-    table = Table(title="top functions", title_justify="left", box=None, pad_edge=False)
+    title = f"top functions by {profile.sample_types[value_index].type}"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     table.add_column("flat %", justify="right")
     table.add_column("cum %", justify="right")
     table.add_column("function", overflow="fold")

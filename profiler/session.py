@@ -127,7 +127,7 @@ class RecordingSession:
                 self.child.kill()
                 self.child.wait()
 
-    def _snapshot(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
+    def snapshot_symbols(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
         try:
             sym = ProcessSymbolizer(target.pid, cache)
         except ProcessGone:
@@ -151,6 +151,8 @@ class RecordingSession:
         samples: list = []
         live_pids = {t.pid for t in targets}
         progress = _Progress(self.console, self.duration)
+        if not self.console.is_terminal:  # a terminal gets the progress line instead
+            self.console.print("goprof: recording (Ctrl-C stops and writes)")
         ended_by = ""
         last_tick = started
         with progress:
@@ -206,7 +208,7 @@ class RecordingSession:
         except SymbolizerError:
             pass  # exited meanwhile: the snapshot stays
 
-    def _write(self, profile: Profile) -> None:
+    def write_outputs(self, profile: Profile) -> None:
         """Each output written whole or not at all (a temporary file, then a rename)."""
         for out, exporter in self.outputs:
             tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -248,7 +250,7 @@ class CpuSession(RecordingSession):
             # Symbol tables right after the start (off the first sample's path), while
             # the targets are alive: one that exits later keeps its names.
             cache = BinaryCache()
-            symbolizers = {t.pid: self._snapshot(t, cache) for t in targets}
+            symbolizers = {t.pid: self.snapshot_symbols(t, cache) for t in targets}
             cpu_before = _cpu_seconds()
             stats = Stats()
             samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
@@ -275,7 +277,7 @@ class CpuSession(RecordingSession):
             f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
             f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
             f"{builder.stats.unnamed_frames}")
-        self._write(profile)
+        self.write_outputs(profile)
         result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets)
         self._print_summary(result, builder)
         if self.opts.stats_path is not None:

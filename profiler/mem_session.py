@@ -1,0 +1,256 @@
+"""An allocation profiling session: Go targets in, one allocation profile out.
+
+Per process, the cheapest method that works is chosen (or the one asked for):
+go-sampler when the target's own heap sampler is on (or --go-sampler turns it
+on), else span; a method whose functions or struct offsets are missing falls
+back to the next, with a note. Whatever ends the run, what was counted is
+written, and a MemProfileRate goprof set is put back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from goprof import __version__
+from goprof.build import ProfileBuilder
+from goprof.errors import EnvironmentProblem
+from goprof.exporters import Exporter
+from goprof.gotarget import DEFAULT_GO_RATE, GoProcess, MethodUnavailable, inspect
+from goprof.mem_build import AllocProfileBuilder, MethodChoice
+from goprof.mem_recorder import MemRecorder, MemStats, Probe
+from goprof.model import Profile
+from goprof.report import print_counters, print_top
+from goprof.session import RecordingSession
+from goprof.symbolizer import BinaryCache
+from goprof.targets import Target, alive, check_privileges, target_for_pid
+from rich.console import Console
+
+DEFAULT_SPAN_RATE = 512 * 1024
+
+# What each method samples and how far its attribution can be trusted: said at
+# the end of every run and in the profile's comments.
+DESCRIPTIONS = {
+    "go-sampler": "Go's own heap sampler (runtime.profilealloc): the allocations Go samples, "
+                  "one per {rate} bytes on average, weighted as runtime/pprof weights them; "
+                  "attribution as exact as runtime/pprof's",
+    "span": "span refills and large objects ((*mcache).refill, allocLarge): exact byte and "
+            "object totals; a stack per {rate} bytes on average, attribution approximate (the "
+            "allocation that fills a span takes the span's bytes: a periodic pattern can "
+            "alias)",
+    "exact": "every allocation (runtime.mallocgc and its size-specialized entry points), "
+             "each counted once with its stack; sizes as requested",
+}
+# bench/mem_overhead.py, pure allocation loop, this machine (README): said before an
+# exact run starts.
+EXACT_SLOWDOWN = "about 9x slower on an allocation-bound loop, 5x on encoding/json"
+
+
+@dataclass
+class MemOptions:
+    pids: list[int]
+    command: list[str]
+    duration: float | None
+    outputs: list[tuple[Path, Exporter]]
+    method: str | None = None  # None: chosen per process
+    go_sampler: bool = False  # turn Go's sampler on where it is off
+    rate: int = DEFAULT_GO_RATE  # bytes per sample, for --go-sampler and span
+    weight: str = "alloc_space"  # default sample type of the written profile
+    stats_path: Path | None = None
+
+
+@dataclass
+class MemRunResult:
+    profile: Profile
+    stats: MemStats
+    ended_by: str
+    methods: dict[int, MethodChoice]
+    outputs: list[Path]
+    targets: list[Target] = field(default_factory=list)
+    exit_code: int = 0
+
+
+class MemSession(RecordingSession):
+    def __init__(self, options: MemOptions, console: Console | None = None) -> None:
+        super().__init__(options.duration, options.command, options.outputs, console)
+        self.opts = options
+        self.rates_set: dict[int, tuple[GoProcess, int]] = {}  # pid -> (process, old rate)
+
+    def run(self) -> MemRunResult:
+        check_privileges()
+        cache = BinaryCache()
+        targets = [target_for_pid(pid) for pid in self.opts.pids]
+        gos = [inspect(t, cache) for t in targets]  # non-Go targets: a clear error first
+        recorder = MemRecorder(self.opts.rate)
+        recorder.open()
+        old_handlers = self._install_signals()
+        methods: dict[int, MethodChoice] = {}
+        try:
+            if self.opts.command:
+                t = self._start_command()
+                targets.append(t)
+                gos.append(inspect(t, cache))
+            attached: set[tuple[tuple[int, int], str]] = set()
+            for proc in gos:
+                methods[proc.target.pid] = self._prepare(proc, recorder, attached)
+            self._say_methods(gos, methods)
+            start_ns = time.time_ns()
+            recorder.start()
+            symbolizers = {t.pid: self.snapshot_symbols(t, cache) for t in targets}
+            stats = MemStats()
+            samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
+            bpf_stats = recorder.program_stats()
+        finally:
+            recorder.close()
+            self._restore_rates()
+            self._restore_signals(old_handlers)
+        self._stop_child()
+        comms = {t.pid: t.comm for t in targets}
+        builder = ProfileBuilder(symbolizers, None, comms)
+        comments = [f"goprof {__version__} mem: targets {', '.join(t.label for t in targets)}"]
+        comments += [f"{t.label}: method {methods[t.pid].method}: "
+                     + DESCRIPTIONS[methods[t.pid].method].format(rate=methods[t.pid].rate)
+                     for t in targets]
+        comments.append(f"ended: {ended_by}")
+        alloc = AllocProfileBuilder(builder, methods)
+        profile = alloc.build(samples, stats, start_ns, int(elapsed * 1e9), comments)
+        profile.default_sample_type = self.opts.weight
+        profile.comments.append(
+            f"probe hits {stats.hits}, events with a stack {stats.sampled}, lost {stats.lost}, "
+            f"stack collisions {stats.collisions}, truncated stacks {stats.truncated} "
+            f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}")
+        self.write_outputs(profile)
+        result = MemRunResult(profile, stats, ended_by, methods,
+                              [p for p, _ in self.opts.outputs], targets)
+        self._print_summary(result, builder, alloc)
+        if self.opts.stats_path is not None:
+            self._write_json(self.opts.stats_path, {
+                "ended_by": ended_by,
+                "methods": {str(pid): {"method": m.method, "rate": m.rate}
+                            for pid, m in methods.items()},
+                **{k: getattr(stats, k) for k in stats.__dataclass_fields__},
+                "lost": stats.lost,
+                "deduplicated": alloc.deduplicated,
+                "unnamed_frames": builder.stats.unnamed_frames,
+                "cut_stacks": builder.stats.cut_stacks,
+                "bpf_run_time_ns": bpf_stats["run_time_ns"],
+                "bpf_run_cnt": bpf_stats["run_cnt"],
+                "recording_s": elapsed,
+            })
+        return result
+
+    # -- choosing and attaching -------------------------------------------------
+    def _candidates(self, proc: GoProcess) -> list[str]:
+        """Methods to try for a process, in order."""
+        if self.opts.method:
+            return [self.opts.method]
+        rate = proc.read_rate()
+        if (rate and rate > 0) or self.opts.go_sampler:
+            return ["go-sampler", "span"]
+        return ["span"]
+
+    def _prepare(self, proc: GoProcess, recorder: MemRecorder,
+                 attached: set[tuple[tuple[int, int], str]]) -> MethodChoice:
+        reasons = []
+        for method in self._candidates(proc):
+            try:
+                choice = self._try_method(proc, method, recorder, attached)
+            except MethodUnavailable as e:
+                reasons.append(f"{method}: {e}")
+                if self.opts.method is None:
+                    self.console.print(f"[yellow]note:[/] {proc.target.label}: method {method} "
+                                       f"unavailable ({e}); falling back")
+                continue
+            return choice
+        raise EnvironmentProblem(f"no allocation method works for {proc.target.label} "
+                                 f"({proc.go_version}): {'; '.join(reasons)}")
+
+    def _try_method(self, proc: GoProcess, method: str, recorder: MemRecorder,
+                    attached: set[tuple[tuple[int, int], str]]) -> MethodChoice:
+        pid = proc.target.pid
+        layout = (0, 0, 0, 0)
+        rate = 1
+        if method == "span":
+            lay = proc.layout()
+            layout = (lay.mcache_alloc, lay.mspan_alloc_count, lay.mspan_alloc_count_before_cache,
+                      lay.mspan_elemsize)
+            rate = self.opts.rate
+        sites = proc.sites(method)
+        if method == "go-sampler":
+            rate = self._sampler_rate(proc)
+        for site in sites:
+            key = (proc.inode, site.function)
+            if key in attached:
+                continue  # one uprobe per binary file: it fires for every process using it
+            recorder.attach(Probe(proc.path, site.file_offset, site.program, site.function))
+            attached.add(key)
+        recorder.add_target(pid, layout)
+        return MethodChoice(method, rate)
+
+    def _sampler_rate(self, proc: GoProcess) -> int:
+        """The target's MemProfileRate; turned on first when asked (and put back later)."""
+        if proc.rate_address is None:
+            raise MethodUnavailable("runtime.MemProfileRate not found in the binary")
+        rate = proc.read_rate() or 0
+        if rate > 0:
+            return rate
+        if not self.opts.go_sampler:
+            raise MethodUnavailable("Go's heap sampler is off in this process "
+                                    "(runtime.MemProfileRate is 0); --go-sampler turns it on")
+        proc.write_rate(self.opts.rate)
+        self.rates_set[proc.target.pid] = (proc, rate)
+        self.console.print(f"goprof: turned Go's heap sampler on in {proc.target.label}: "
+                           f"runtime.MemProfileRate = {self.opts.rate} (was {rate}; put back "
+                           "when goprof ends)", highlight=False)
+        return self.opts.rate
+
+    def _restore_rates(self) -> None:
+        for pid, (proc, old) in self.rates_set.items():
+            if not alive(pid):
+                continue
+            try:
+                proc.write_rate(old)
+            except EnvironmentProblem as e:
+                self.console.print(f"[yellow]note:[/] could not put MemProfileRate back: {e}")
+        self.rates_set.clear()
+
+    def _say_methods(self, gos: list[GoProcess], methods: dict[int, MethodChoice]) -> None:
+        for proc in gos:
+            m = methods[proc.target.pid]
+            self.console.print(f"goprof: {proc.target.label} ({proc.go_version}): method "
+                               f"{m.method}", highlight=False)
+            if m.method == "exact":
+                self.console.print(f"[yellow]warning:[/] the exact method puts a uprobe and a "
+                                   f"stack walk on every allocation: measured {EXACT_SLOWDOWN} "
+                                   "(bench/mem_overhead.py); prefer go-sampler or span for a "
+                                   "service", highlight=False)
+
+    def _print_summary(self, result: MemRunResult, builder: ProfileBuilder,
+                       alloc: AllocProfileBuilder) -> None:
+        c = self.console
+        stats = result.stats
+        print_top(c, result.profile, result.profile.value_index(self.opts.weight),
+                  empty="no allocations seen: the targets allocated nothing while recording")
+        rows = [("ended", result.ended_by)]
+        for t in result.targets:
+            m = result.methods[t.pid]
+            rows.append((f"method ({t.label})",
+                         f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
+        rows += [
+            ("probe hits", f"{stats.hits} ({stats.morestack} skipped: stack growth restarts "
+                           "the function)"),
+            ("events with a stack", f"{stats.sampled}"),
+            ("lost", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
+                                        if stats.counts_full else "")),
+            ("stack collisions", f"{stats.collisions}"),
+            ("truncated stacks", f"{stats.truncated} at the depth limit, "
+                                 f"{builder.stats.cut_stacks} cut"),
+            ("unnamed frames", f"{builder.stats.unnamed_frames}"),
+        ]
+        if stats.read_errors:
+            rows.append(("unreadable spans", f"{stats.read_errors}"))
+        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.opts.outputs]
+        print_counters(c, rows)
+
+
