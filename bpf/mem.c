@@ -32,9 +32,6 @@
 #define ERR_COUNTS_FULL 3     // the counts map had no room: the event is lost
 #define ERR_MORESTACK 4       // hits skipped: the stack grows and the function restarts
 #define ERR_READ 5            // runtime structures that could not be read (span method)
-#define ERR_SPAN_BYTES 6      // span method: every byte handed out (exact total)
-#define ERR_SPAN_OBJECTS 7    // span method: every object handed out
-#define ERR_SPAN_EVENTS 8     // span method: refills and large objects seen
 #define ERR_SAMPLED 9         // events counted with a stack
 #define ERR_SLOTS 16
 
@@ -44,12 +41,22 @@
 #define FLAGS_CF_ZF 0x41      // JBE is taken when CF or ZF is set
 
 // What the span programs must know of a target's runtime: struct offsets of its
-// Go version (from DWARF or goprof's table), per process.
+// Go version (from DWARF or goprof's table), per process. In every Go version
+// goprof knows (1.19-1.27) mspan has allocCount, 4 bytes, allocCountBeforeCache,
+// elemsize in a row: one 16-byte read at allocCount gets all three (user space
+// checks the layout).
 struct target_info {
     u32 mcache_alloc;         // offsetof(mcache, alloc): [numSpanClasses]*mspan
     u32 span_alloc_count;     // offsetof(mspan, allocCount), uint16
-    u32 span_before_cache;    // offsetof(mspan, allocCountBeforeCache), uint16
-    u32 span_elemsize;        // offsetof(mspan, elemsize), uintptr
+};
+
+// Span method, per CPU: one lookup a hit (these programs run ~100k times a second
+// in an allocation-bound program).
+struct span_state {
+    s64 until_sample;         // bytes left before the next stack
+    u64 bytes;                // every byte handed out (exact total)
+    u64 objects;              // every object handed out
+    u64 events;               // refills and large objects seen
 };
 
 struct alloc_key {
@@ -71,7 +78,7 @@ BPF_HASH(targets, u32, struct target_info, 64);
 BPF_ARRAY(config, u32, 4);
 BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
 BPF_ARRAY(thresholds, u64, THRESHOLDS);   // exponential draws in bytes, from user space
-BPF_PERCPU_ARRAY(until_sample, s64, 1);    // span method: bytes left before the next stack
+BPF_PERCPU_ARRAY(span_states, struct span_state, 1);
 BPF_STACK_TRACE(stacks0, 1024);
 BPF_STACK_TRACE(stacks1, 1024);
 BPF_HASH(counts0, struct alloc_key, struct alloc_value, 1024);
@@ -84,9 +91,10 @@ static inline void count_error(int slot, u64 n) {
 }
 
 // The tgid when the hit is in a target and will not restart; else 0.
-static inline u32 target_hit(struct pt_regs *ctx) {
+static inline u32 target_hit(struct pt_regs *ctx, struct target_info **info) {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!targets.lookup(&tgid))
+    *info = targets.lookup(&tgid);
+    if (!*info)
         return 0;
     if (ctx->flags & FLAGS_CF_ZF) {
         count_error(ERR_MORESTACK, 1);
@@ -146,27 +154,28 @@ static inline s64 draw_threshold(void) {
 // the bytes since the last one cross a fresh exponential threshold, as Go's own
 // sampler does per allocation (so P(sampled) = 1 - exp(-bytes/rate)).
 static inline void span_event(struct pt_regs *ctx, u32 pid, u64 bytes, u64 objects) {
-    count_error(ERR_SPAN_BYTES, bytes);
-    count_error(ERR_SPAN_OBJECTS, objects);
-    count_error(ERR_SPAN_EVENTS, 1);
     int zero = 0;
-    s64 *left = until_sample.lookup(&zero);
-    if (!left)
+    struct span_state *st = span_states.lookup(&zero);
+    if (!st)
         return;
-    s64 l = *left;
+    st->bytes += bytes;
+    st->objects += objects;
+    st->events++;
+    s64 l = st->until_sample;
     if (l == 0)
         l = draw_threshold();   // this CPU's first event
     l -= (s64)bytes;
     if (l > 0) {
-        *left = l;
+        st->until_sample = l;
         return;
     }
-    *left = draw_threshold();
+    st->until_sample = draw_threshold();
     record(ctx, pid, bytes, objects, bytes);
 }
 
 int on_sampled_alloc(struct pt_regs *ctx) {
-    u32 pid = target_hit(ctx);
+    struct target_info *info;
+    u32 pid = target_hit(ctx, &info);
     if (!pid)
         return 0;
     u64 size = ctx->cx;
@@ -175,7 +184,8 @@ int on_sampled_alloc(struct pt_regs *ctx) {
 }
 
 int on_malloc(struct pt_regs *ctx) {
-    u32 pid = target_hit(ctx);
+    struct target_info *info;
+    u32 pid = target_hit(ctx, &info);
     if (!pid)
         return 0;
     u64 size = ctx->ax;
@@ -184,28 +194,25 @@ int on_malloc(struct pt_regs *ctx) {
 }
 
 int on_refill(struct pt_regs *ctx) {
-    u32 pid = target_hit(ctx);
+    struct target_info *info;
+    u32 pid = target_hit(ctx, &info);
     if (!pid)
-        return 0;
-    struct target_info *info = targets.lookup(&pid);
-    if (!info)
         return 0;
     // The span being retired: c.alloc[spc]. Its allocCount minus
     // allocCountBeforeCache is what it handed out since it was cached.
     u64 c = ctx->ax;
     u64 spc = ctx->bx & 0xff;
     u64 span = 0;
-    u16 alloc_count = 0, before = 0;
-    u64 elemsize = 0;
+    u64 fields[2] = {};   // allocCount (u16), 4 bytes, allocCountBeforeCache (u16), elemsize
     if (bpf_probe_read_user(&span, sizeof(span), (void *)(c + info->mcache_alloc + spc * 8)) ||
         !span ||
-        bpf_probe_read_user(&alloc_count, sizeof(alloc_count),
-                            (void *)(span + info->span_alloc_count)) ||
-        bpf_probe_read_user(&before, sizeof(before), (void *)(span + info->span_before_cache)) ||
-        bpf_probe_read_user(&elemsize, sizeof(elemsize), (void *)(span + info->span_elemsize))) {
+        bpf_probe_read_user(fields, sizeof(fields), (void *)(span + info->span_alloc_count))) {
         count_error(ERR_READ, 1);
         return 0;
     }
+    u16 alloc_count = fields[0] & 0xffff;
+    u16 before = fields[0] >> 48;
+    u64 elemsize = fields[1];
     if (alloc_count <= before)
         return 0;   // the empty placeholder span, or nothing handed out
     u64 objects = alloc_count - before;
@@ -214,7 +221,8 @@ int on_refill(struct pt_regs *ctx) {
 }
 
 int on_alloc_large(struct pt_regs *ctx) {
-    u32 pid = target_hit(ctx);
+    struct target_info *info;
+    u32 pid = target_hit(ctx, &info);
     if (!pid)
         return 0;
     // A large object gets whole 8 KiB pages.

@@ -28,17 +28,14 @@ ERR_STACK = 2
 ERR_COUNTS_FULL = 3
 ERR_MORESTACK = 4
 ERR_READ = 5
-ERR_SPAN_BYTES = 6
-ERR_SPAN_OBJECTS = 7
-ERR_SPAN_EVENTS = 8
 ERR_SAMPLED = 9
 ERR_SLOTS = 16
 
 THRESHOLDS = 1024
 ALLOC_KEY = struct.Struct("<IiQQ")  # pid, user_stack, leaf_ret, size
 ALLOC_VALUE = struct.Struct("<QQQ")  # events, objects, bytes
-TARGET_INFO = struct.Struct("<IIII")  # mcache_alloc, span allocCount, allocCountBeforeCache,
-#                                       elemsize offsets
+TARGET_INFO = struct.Struct("<II")  # offsets: mcache.alloc, mspan.allocCount
+SPAN_STATE = struct.Struct("<qQQQ")  # until_sample, bytes, objects, events (per CPU)
 
 # Map sizes: distinct (stack, size) keys one window can hold; a STACK_TRACE map
 # gets more buckets than stacks because colliding stacks are dropped (counted).
@@ -118,6 +115,7 @@ class MemRecorder(WindowedMaps):
         self._events: list[int] = []
         self._stack_depth = 0
         self._missed_before = 0
+        self._span_before = [0, 0, 0]
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -162,9 +160,9 @@ class MemRecorder(WindowedMaps):
         self.close_maps()
 
     # -- targets --------------------------------------------------------------
-    def add_target(self, pid: int, layout: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
-        """layout: the span method's offsets (mcache.alloc, mspan.allocCount,
-        mspan.allocCountBeforeCache, mspan.elemsize) of the target's Go version."""
+    def add_target(self, pid: int, layout: tuple[int, int] = (0, 0)) -> None:
+        """layout: the span method's offsets (mcache.alloc, mspan.allocCount) of the
+        target's Go version (bpf/mem.c says what it assumes of the fields after)."""
         self.map("targets").update(struct.pack("<I", pid), TARGET_INFO.pack(*layout))
 
     # -- reading --------------------------------------------------------------
@@ -193,12 +191,21 @@ class MemRecorder(WindowedMaps):
         s.hits, s.sampled, s.collisions = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_COLLISION]
         s.stack_errors, s.counts_full = t[ERR_STACK], t[ERR_COUNTS_FULL]
         s.morestack, s.read_errors = t[ERR_MORESTACK], t[ERR_READ]
-        s.span_bytes, s.span_objects = t[ERR_SPAN_BYTES], t[ERR_SPAN_OBJECTS]
-        s.span_events = t[ERR_SPAN_EVENTS]
+        s.span_bytes, s.span_objects, s.span_events = self._take_span_totals()
         missed = self.program_stats()["recursion_misses"]
         s.missed_runs = missed - self._missed_before
         self._missed_before = missed
         return out
+
+    def _take_span_totals(self) -> tuple[int, int, int]:
+        """The span method's exact totals since the last call, summed over CPUs."""
+        raw = self.map("span_states").lookup(struct.pack("<I", 0)) or b""
+        totals = [0, 0, 0]
+        for off in range(0, len(raw), SPAN_STATE.size):
+            _, nbytes, nobjects, events = SPAN_STATE.unpack_from(raw, off)
+            totals = [totals[0] + nbytes, totals[1] + nobjects, totals[2] + events]
+        prev, self._span_before = self._span_before, totals
+        return totals[0] - prev[0], totals[1] - prev[1], totals[2] - prev[2]
 
     def program_stats(self) -> dict[str, int]:
         """Summed over the programs this run attached."""

@@ -169,12 +169,19 @@ class MemSession(RecordingSession):
     def _try_method(self, proc: GoProcess, method: str, recorder: MemRecorder,
                     attached: set[tuple[tuple[int, int], str]]) -> MethodChoice:
         pid = proc.target.pid
-        layout = (0, 0, 0, 0)
+        layout = (0, 0)
         rate = 1
         if method == "span":
             lay = proc.layout()
-            layout = (lay.mcache_alloc, lay.mspan_alloc_count, lay.mspan_alloc_count_before_cache,
-                      lay.mspan_elemsize)
+            # bpf/mem.c reads allocCount, allocCountBeforeCache and elemsize in one go.
+            if (lay.mspan_alloc_count_before_cache - lay.mspan_alloc_count,
+                    lay.mspan_elemsize - lay.mspan_alloc_count) != (6, 8):
+                raise MethodUnavailable(f"unexpected mspan layout in {proc.go_version} "
+                                        f"(allocCount {lay.mspan_alloc_count}, "
+                                        f"allocCountBeforeCache "
+                                        f"{lay.mspan_alloc_count_before_cache}, elemsize "
+                                        f"{lay.mspan_elemsize})")
+            layout = (lay.mcache_alloc, lay.mspan_alloc_count)
             rate = self.opts.rate
         sites = proc.sites(method)
         if method == "go-sampler":

@@ -113,6 +113,7 @@ class ElfImage:
             self.little_endian = elf.little_endian
             self.machine = _machine_number(hdr["e_machine"])
             self.type = hdr["e_type"]
+            self.entry = hdr["e_entry"]
             if self.elfclass != 64 or not self.little_endian:
                 raise SymbolizerError(f"{self.path}: only 64-bit little-endian ELF is supported")
             # Bound the counts by the file size before pyelftools walks them.

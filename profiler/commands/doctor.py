@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,10 +106,32 @@ def _stats() -> str:
 
 
 def _uprobe() -> str:
+    """Loads the goprof mem programs (warming their cache) and attaches one to a uprobe
+    on this Python's ELF entry point, which runs only at start-up: it never fires."""
+    from goprof.bpf import syscalls
+    from goprof.mem_recorder import MemRecorder, Probe
+    from goprof.symbolizer.elffile import ElfImage
+
     t = Path("/sys/bus/event_source/devices/uprobe/type")
     if not t.exists():
         raise GoprofError("no uprobe PMU: goprof mem will not work")
-    return f"uprobe PMU type {int(t.read_text())}"
+    exe = os.path.realpath(sys.executable)
+    with ElfImage(exe) as img:
+        seg = img.segment_of(img.entry)
+        if seg is None:
+            raise GoprofError(f"{exe}: its entry point is in no segment")
+        offset = img.entry - seg.vaddr + seg.offset
+    rec = MemRecorder(span_rate=512 * 1024)
+    try:
+        rec.open()
+        rec.attach(Probe(exe, offset, "on_malloc", "_start"))
+        rec.start()
+    except syscalls.BPFError as e:
+        raise GoprofError(str(e)) from None
+    finally:
+        rec.close()
+    how = "from the cache" if rec.compiled_from_cache else "compiled now, cached"
+    return f"uprobe PMU type {int(t.read_text())}; mem programs loaded ({how}) and attached"
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
