@@ -7,13 +7,12 @@ CPU with the program attached, and drains counted samples window by window
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 
-from goprof.bpf import objects, syscalls
+from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.windows import CONFIG_WINDOW, WindowedMaps
+from goprof.windows import Counters, WindowedMaps
 
 SOURCE = "cpu.c"
 PROGRAM = "on_cpu_sample"
@@ -42,7 +41,7 @@ class RawSample:
 
 
 @dataclass
-class Stats:
+class Stats(Counters):
     """Counters a run reports at its end (nothing silent)."""
 
     seen: int = 0  # target samples the program saw
@@ -58,10 +57,6 @@ class Stats:
     @property
     def lost(self) -> int:
         return max(self.seen - self.counted, 0) + self.missed_runs
-
-    def add(self, other: Stats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -90,49 +85,26 @@ class CpuRecorder(WindowedMaps):
         self.period_ns = 1_000_000_000 // frequency
         self.want_kernel = want_kernel
         self.cpus = syscalls.online_cpus()
-        self.compiled_from_cache = False
-        self._events: list[int] = []
-        self._stack_depth = 0
         self._window_s = window_s
         self._missed_before = 0
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
-        obj, self.compiled_from_cache = objects.compiled(SOURCE, [PROGRAM])
-        sizes = map_sizes(self.frequency, self._window_s, len(self.cpus))
-        try:
-            self.loaded = objects.load(obj, sizes=sizes)
-        except syscalls.BPFError as e:
-            raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
-                                     "`goprof doctor` says what this kernel allows") from None
-        self._stack_depth = obj.maps["stacks0"].value_size // 8
-        self.set_config(CONFIG_WINDOW, 0)
+        self.load(SOURCE, [PROGRAM], map_sizes(self.frequency, self._window_s, len(self.cpus)),
+                  syscalls.PROG_PERF_EVENT)
         self.set_config(CONFIG_WANT_KERNEL, int(self.want_kernel))
+        assert self.loaded is not None
         prog = self.loaded.programs[PROGRAM]
         try:
             for cpu in self.cpus:
                 fd = syscalls.perf_event_open(cpu, self.period_ns)
-                self._events.append(fd)
+                self.events.append(fd)
                 syscalls.attach_perf_event(fd, prog)
         except syscalls.BPFError as e:
             self.close()
             raise EnvironmentProblem(f"cannot open a cpu-clock perf event: {e}; check "
                                      "kernel.perf_event_paranoid and that perf events are "
                                      "available (`goprof doctor`)") from None
-
-    def start(self) -> None:
-        for fd in self._events:
-            syscalls.enable_perf_event(fd)
-
-    def stop(self) -> None:
-        for fd in self._events:
-            syscalls.disable_perf_event(fd)
-
-    def close(self) -> None:
-        for fd in self._events:
-            os.close(fd)
-        self._events.clear()
-        self.close_maps()
 
     # -- targets --------------------------------------------------------------
     def add_target(self, pid: int) -> None:
@@ -155,7 +127,7 @@ class CpuRecorder(WindowedMaps):
             pid, tid, ustack, kstack, leaf_ret = SAMPLE_KEY.unpack(key)
             (count,) = struct.unpack("<Q", value)
             user = stack(ustack)
-            if len(user) >= self._stack_depth:
+            if len(user) >= self.stack_depth:
                 out.stats.truncated += count
             out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count))
             out.stats.counted += count

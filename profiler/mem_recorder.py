@@ -9,14 +9,13 @@ window by window (goprof.windows).
 from __future__ import annotations
 
 import math
-import os
 import random
 import struct
 from dataclasses import dataclass, field
 
-from goprof.bpf import objects, syscalls
+from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.windows import CONFIG_WINDOW, WindowedMaps
+from goprof.windows import Counters, WindowedMaps
 
 SOURCE = "mem.c"
 PROGRAMS = ["on_sampled_alloc", "on_malloc", "on_refill", "on_alloc_large"]
@@ -56,7 +55,7 @@ class AllocSample:
 
 
 @dataclass
-class MemStats:
+class MemStats(Counters):
     """Counters a run reports at its end (nothing silent)."""
 
     hits: int = 0  # probe hits in targets
@@ -76,10 +75,6 @@ class MemStats:
     @property
     def lost(self) -> int:
         return max(self.sampled - self.counted, 0) + self.missed_runs
-
-    def add(self, other: MemStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -110,25 +105,15 @@ class MemRecorder(WindowedMaps):
     def __init__(self, span_rate: int) -> None:
         super().__init__(ERR_SLOTS, flip_grace_s=UPROBE_FLIP_GRACE_S)
         self.span_rate = span_rate
-        self.compiled_from_cache = False
         self.probes: list[Probe] = []
-        self._events: list[int] = []
-        self._stack_depth = 0
         self._missed_before = 0
         self._span_before = [0, 0, 0]
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
-        obj, self.compiled_from_cache = objects.compiled(SOURCE, PROGRAMS)
         sizes = {"counts0": COUNTS_SIZE, "counts1": COUNTS_SIZE,
                  "stacks0": STACKS_SIZE, "stacks1": STACKS_SIZE}
-        try:
-            self.loaded = objects.load(obj, sizes=sizes, prog_type=syscalls.PROG_KPROBE)
-        except syscalls.BPFError as e:
-            raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
-                                     "`goprof doctor` says what this kernel allows") from None
-        self._stack_depth = obj.maps["stacks0"].value_size // 8
-        self.set_config(CONFIG_WINDOW, 0)
+        self.load(SOURCE, PROGRAMS, sizes, syscalls.PROG_KPROBE)
         thresholds = self.map("thresholds")
         for i, t in enumerate(exponential_thresholds(self.span_rate)):
             thresholds.update(struct.pack("<I", i), struct.pack("<Q", t))
@@ -139,25 +124,11 @@ class MemRecorder(WindowedMaps):
         prog = self.loaded.programs[probe.program]
         try:
             fd = syscalls.uprobe_open(probe.path, probe.file_offset)
-            self._events.append(fd)
+            self.events.append(fd)
             syscalls.attach_perf_event(fd, prog)
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"cannot put a uprobe on {probe.function}: {e}") from None
         self.probes.append(probe)
-
-    def start(self) -> None:
-        for fd in self._events:
-            syscalls.enable_perf_event(fd)
-
-    def stop(self) -> None:
-        for fd in self._events:
-            syscalls.disable_perf_event(fd)
-
-    def close(self) -> None:
-        for fd in self._events:
-            os.close(fd)
-        self._events.clear()
-        self.close_maps()
 
     # -- targets --------------------------------------------------------------
     def add_target(self, pid: int, layout: tuple[int, int] = (0, 0)) -> None:
@@ -180,7 +151,7 @@ class MemRecorder(WindowedMaps):
             pid, ustack, leaf_ret, size = ALLOC_KEY.unpack(key)
             events, objects_, bytes_ = ALLOC_VALUE.unpack(value)
             user = stack(ustack)
-            if len(user) >= self._stack_depth:
+            if len(user) >= self.stack_depth:
                 out.stats.truncated += events
             out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_))
             out.stats.counted += events

@@ -105,7 +105,7 @@ class MemSession(RecordingSession):
             recorder.close()
             self._restore_rates()
             self._restore_signals(old_handlers)
-        self._stop_child()
+            self._stop_child()  # also when the run failed: a started command is not left
         comms = {t.pid: t.comm for t in targets}
         builder = ProfileBuilder(symbolizers, None, comms)
         comments = [f"goprof {__version__} mem: targets {', '.join(t.label for t in targets)}"]

@@ -259,7 +259,7 @@ class CpuSession(RecordingSession):
         finally:
             recorder.close()
             self._restore_signals(old_handlers)
-        self._stop_child()
+            self._stop_child()  # also when the run failed: a started command is not left
         comms = {t.pid: t.comm for t in targets}
         # kallsyms takes ~0.3 s to read: after recording, off the first sample's path.
         builder = ProfileBuilder(symbolizers, self._kernel_symbolizer(), comms)

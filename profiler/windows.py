@@ -1,4 +1,5 @@
-"""What the CPU and memory recorders share: BPF maps in two window sets.
+"""What the CPU and memory recorders share: a compiled object loaded, perf events
+with its programs attached, and BPF maps in two window sets.
 
 A program counts into set 0 or 1, as a config slot says. Draining flips the
 slot, waits for runs already under way on other CPUs, then reads and empties the
@@ -8,10 +9,13 @@ counters are per-CPU and never reset in the kernel; differences are taken here.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
+from dataclasses import dataclass
 
 from goprof.bpf import objects, syscalls
+from goprof.errors import EnvironmentProblem
 
 CONFIG_WINDOW = 0  # the config[] slot both programs read the window from
 
@@ -22,13 +26,54 @@ CONFIG_WINDOW = 0  # the config[] slot both programs read the window from
 FLIP_GRACE_S = 0.005
 
 
+@dataclass
+class Counters:
+    """Base of a run's counters: windows add up field by field."""
+
+    def add(self, other: Counters) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
 class WindowedMaps:
     def __init__(self, error_slots: int, flip_grace_s: float = FLIP_GRACE_S) -> None:
         self.window = 0
         self.flip_grace_s = flip_grace_s
         self.loaded: objects.LoadedObject | None = None
+        self.compiled_from_cache = False
+        self.stack_depth = 0  # frames a stack-map entry holds
+        self.events: list[int] = []  # perf event fds with a program attached
         self._error_slots = error_slots
         self._errors_before = [0] * error_slots
+
+    def load(self, source: str, programs: list[str], sizes: dict[str, int],
+             prog_type: int) -> None:
+        """The compiled object (cache, else compiled now) with its maps created at `sizes`."""
+        obj, self.compiled_from_cache = objects.compiled(source, programs)
+        try:
+            self.loaded = objects.load(obj, sizes=sizes, prog_type=prog_type)
+        except syscalls.BPFError as e:
+            raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
+                                     "`goprof doctor` says what this kernel allows") from None
+        self.stack_depth = obj.maps["stacks0"].value_size // 8
+        self.set_config(CONFIG_WINDOW, 0)
+
+    def start(self) -> None:
+        for fd in self.events:
+            syscalls.enable_perf_event(fd)
+
+    def stop(self) -> None:
+        for fd in self.events:
+            syscalls.disable_perf_event(fd)
+
+    def close(self) -> None:
+        """Detaches everything (closing the fds is enough: so does our death)."""
+        for fd in self.events:
+            os.close(fd)
+        self.events.clear()
+        if self.loaded is not None:
+            self.loaded.close()
+            self.loaded = None
 
     def map(self, name: str) -> syscalls.Map:
         assert self.loaded is not None, "open() first"
@@ -77,8 +122,3 @@ class WindowedMaps:
         totals = self.error_totals()
         prev, self._errors_before = self._errors_before, totals
         return [t - p for t, p in zip(totals, prev, strict=True)]
-
-    def close_maps(self) -> None:
-        if self.loaded is not None:
-            self.loaded.close()
-            self.loaded = None

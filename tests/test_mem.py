@@ -336,3 +336,21 @@ def test_heap_refuses_a_program_without_the_sampler():
         p.wait()
     assert res.returncode == 2
     assert "sampler off" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_command_started_under_goprof_mem(tmp_path):
+    binary = build("allocsplit", ("go1.27", "stripped"))
+    out = tmp_path / "cmd.pb.gz"
+    res = run_goprof("mem", "-o", str(out), "--", str(binary.path), "-duration", "1s")
+    assert res.returncode == 0, res.stderr
+    assert "every target exited" in res.stderr
+    assert any(PKG + "Large" in s for s in read_pprof(out).string_table)
+
+
+def test_non_go_command_is_refused_and_not_left_running(tmp_path):
+    marker = tmp_path / "still-running"
+    res = run_goprof("mem", "-d", "1s", "--", "sh", "-c", f"sleep 3; touch {marker}")
+    assert res.returncode == 2
+    assert "not a Go program" in res.stderr and "Traceback" not in res.stderr
+    time.sleep(4)
+    assert not marker.exists(), "the started command was left running"

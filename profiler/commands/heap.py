@@ -9,7 +9,7 @@ from pathlib import Path
 
 from goprof import __version__
 from goprof.build import ProfileBuilder
-from goprof.commands.cpu import DEFAULT_SUFFIX, output_for
+from goprof.commands._options import DEFAULT_SUFFIX, output_for
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import FORMATS, get_exporter
 from goprof.gotarget import MethodUnavailable, inspect

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from goprof.commands.cpu import DEFAULT_SUFFIX, output_for
+from goprof.commands._options import add_recording_arguments, outputs_from_args, require_targets
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
-from goprof.exporters import FORMATS, get_exporter
 from goprof.gotarget import DEFAULT_GO_RATE, METHODS
 from goprof.mem_session import MemOptions, MemSession
 from rich.console import Console
@@ -35,16 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                "  sudo goprof mem --pid 4242 -d 30s -o mem.speedscope.json --weight objects\n"
                "  sudo goprof mem -d 10s -o api-allocs.pb.gz -- ./api --port 8080",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
-                   help="Go process to profile (repeat for several)")
-    p.add_argument("-d", "--duration", default=None, metavar="D",
-                   help="how long to record: 30s, 2m (default: until Ctrl-C or every target "
-                        "exits)")
-    p.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
-                   help="where to write; the format follows the suffix (.pb.gz, .folded, "
-                        ".speedscope.json) unless --format is given; repeatable (default: "
-                        "goprof-mem-PID-TIME.pb.gz)")
-    p.add_argument("--format", choices=FORMATS, default=None, help="output format")
+    add_recording_arguments(p, "mem")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="force a method instead of choosing per process")
     p.add_argument("--go-sampler", action="store_true",
@@ -56,27 +45,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight", choices=WEIGHTS, default="bytes",
                    help="what folded and speedscope weigh by, and pprof shows first "
                         "(default bytes)")
-    p.add_argument("--stats", default=None, metavar="FILE",
-                   help="also write the run's statistics as JSON")
     p.set_defaults(run=run)
 
 
 def options_from_args(args: argparse.Namespace) -> MemOptions:
-    command = args.exec_command
-    if not args.pid and not command:
-        raise UsageError("nothing to profile: give --pid PID, or a command after --")
+    require_targets(args)
     if args.rate < 1:
         raise UsageError(f"--rate {args.rate}: give a positive number of bytes")
     duration = parse_duration(args.duration) if args.duration is not None else None
-    outputs = [output_for(path, args.format) for path in args.output]
-    if not outputs:
-        exporter = get_exporter(args.format or "pprof")
-        who = "-".join(str(p) for p in args.pid) or Path(command[0]).name
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        outputs = [(Path(f"goprof-mem-{who}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"), exporter)]
-    return MemOptions(pids=list(dict.fromkeys(args.pid)), command=command, duration=duration,
-                      outputs=outputs, method=args.method, go_sampler=args.go_sampler,
-                      rate=args.rate, weight=WEIGHTS[args.weight],
+    return MemOptions(pids=list(dict.fromkeys(args.pid)), command=args.exec_command,
+                      duration=duration, outputs=outputs_from_args(args, "mem"),
+                      method=args.method, go_sampler=args.go_sampler, rate=args.rate,
+                      weight=WEIGHTS[args.weight],
                       stats_path=Path(args.stats) if args.stats else None)
 
 

@@ -1,0 +1,60 @@
+"""Flags and defaults the recording subcommands (cpu, mem) share."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from goprof.errors import UsageError
+from goprof.exporters import FORMATS, Exporter, exporter_for_path, get_exporter
+
+DEFAULT_SUFFIX = {"pprof": ".pb.gz", "folded": ".folded", "speedscope": ".speedscope.json"}
+
+
+def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
+    """--pid, --duration, --output, --format, --stats."""
+    p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
+                   help="process to profile (repeat for several)")
+    p.add_argument("-d", "--duration", default=None, metavar="D",
+                   help="how long to record: 30s, 2m, 500ms, 1h (default: until Ctrl-C "
+                        "or every target exits)")
+    p.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                   help="where to write; the format follows the suffix (.pb.gz, .folded, "
+                        ".speedscope.json) unless --format is given; repeat to write the "
+                        f"same profile in several formats (default: goprof-{kind}-PID-TIME"
+                        ".pb.gz)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="output format")
+    p.add_argument("--stats", default=None, metavar="FILE",
+                   help="also write the run's statistics as JSON (samples, lost, BPF time, "
+                        "goprof's own costs)")
+
+
+def outputs_from_args(args: argparse.Namespace, kind: str) -> list[tuple[Path, Exporter]]:
+    """-o files with their exporters; without -o, goprof-KIND-WHO-TIME in this folder."""
+    outputs = [output_for(path, args.format) for path in args.output]
+    if outputs:
+        return outputs
+    exporter = get_exporter(args.format or "pprof")
+    who = "-".join(str(p) for p in args.pid) or Path(args.exec_command[0]).name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return [(Path(f"goprof-{kind}-{who}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"), exporter)]
+
+
+def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
+    """The file and its exporter: --format wins, else the file's suffix."""
+    output = Path(path)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {path}: folder {output.parent} does not exist")
+    if format_name:
+        return output, get_exporter(format_name)
+    found = exporter_for_path(path)
+    if found is None:
+        raise UsageError(f"cannot tell the format from {path!r}: use a suffix (.pb.gz, "
+                         f".folded, .speedscope.json) or --format {'|'.join(FORMATS)}")
+    return output, found
+
+
+def require_targets(args: argparse.Namespace) -> None:
+    if not args.pid and not args.exec_command:
+        raise UsageError("nothing to profile: give --pid PID, or a command after --")
