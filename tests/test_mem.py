@@ -218,14 +218,18 @@ def test_heap_matches_runtime_pprof(tmp_path, toolchain):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(target, "profiled", timeout=60)
+        # The truth line follows at once. Read it through the same buffered reader:
+        # communicate() reads the raw pipe and would miss lines already buffered here.
+        assert target.stdout is not None
+        line = target.stdout.readline()
+        assert line.startswith("truth "), line
+        truth = json.loads(line.split(" ", 1)[1])
         out = tmp_path / "heap.pb.gz"
         res = run_goprof("heap", "--pid", str(target.pid), "-o", str(out))
         assert res.returncode == 0, res.stderr
     finally:
         target.terminate()
-        stdout, _ = target.communicate(timeout=30)
-    truth = next(json.loads(line.split(" ", 1)[1]) for line in stdout.splitlines()
-                 if line.startswith("truth "))
+        target.communicate(timeout=30)
     ours, theirs = read_pprof(out), read_pprof(own)
     for kind in ("inuse_space", "alloc_space", "inuse_objects"):
         got = site_shares(ours, value_index(ours, kind))
