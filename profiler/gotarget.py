@@ -57,14 +57,15 @@ class GoProcess:
     def read_rate(self) -> int | None:
         if self.rate_address is None:
             return None
-        return int.from_bytes(_read_mem(self.target.pid, self.rate_address, 8), "little",
-                              signed=True)
+        with ProcessMemory(self.target.pid, self.target.label) as mem:
+            return int.from_bytes(mem.read(self.rate_address, 8), "little", signed=True)
 
     def write_rate(self, rate: int) -> None:
         """What `runtime.MemProfileRate = rate` in the program would do: each P picks the
         new rate up at its next sampled allocation (or at once when it was off)."""
         assert self.rate_address is not None
-        _write_mem(self.target.pid, self.rate_address, rate.to_bytes(8, "little", signed=True))
+        with ProcessMemory(self.target.pid, self.target.label, writable=True) as mem:
+            mem.write(self.rate_address, rate.to_bytes(8, "little", signed=True))
 
     # -- probes ---------------------------------------------------------------
     def sites(self, method: str) -> list[Site]:
@@ -89,6 +90,19 @@ class GoProcess:
             return runtime_layout(self.binary, path=self.path)
         except SymbolizerError as e:
             raise MethodUnavailable(str(e)) from None
+
+    def span_offsets(self) -> tuple[int, int]:
+        """(mcache.alloc, mspan.allocCount): what bpf/mem.c's refill program is given.
+        It reads allocCount, allocCountBeforeCache and elemsize in one go, so it needs
+        them 6 and 8 bytes apart, as in every Go version goprof knows."""
+        lay = self.layout()
+        if (lay.mspan_alloc_count_before_cache - lay.mspan_alloc_count,
+                lay.mspan_elemsize - lay.mspan_alloc_count) != (6, 8):
+            raise MethodUnavailable(f"unexpected mspan layout in {self.go_version} (allocCount "
+                                    f"{lay.mspan_alloc_count}, allocCountBeforeCache "
+                                    f"{lay.mspan_alloc_count_before_cache}, elemsize "
+                                    f"{lay.mspan_elemsize})")
+        return lay.mcache_alloc, lay.mspan_alloc_count
 
 
 class MethodUnavailable(Exception):
@@ -130,24 +144,38 @@ def _load_bias(target: Target, binary: BinarySymbols) -> int:
                              "memory map")
 
 
-def _read_mem(pid: int, address: int, size: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-            f.seek(address)
-            data = f.read(size)
-    except OSError as e:
-        raise EnvironmentProblem(f"cannot read pid {pid}'s memory at {address:#x}: "
-                                 f"{e.strerror}") from None
-    if len(data) != size:
-        raise EnvironmentProblem(f"pid {pid}'s memory at {address:#x} is not readable")
-    return data
+class ProcessMemory:
+    """A process's memory through /proc/PID/mem: one file descriptor, positioned reads
+    and writes, a clear error when it is unreadable (the process may have exited)."""
 
+    def __init__(self, pid: int, label: str, writable: bool = False) -> None:
+        self.label = label
+        try:
+            self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot open {label}'s memory: {e.strerror}") from None
 
-def _write_mem(pid: int, address: int, data: bytes) -> None:
-    try:
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as f:
-            f.seek(address)
-            f.write(data)
-    except OSError as e:
-        raise EnvironmentProblem(f"cannot write pid {pid}'s memory at {address:#x}: "
-                                 f"{e.strerror}") from None
+    def __enter__(self) -> ProcessMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def read(self, address: int, size: int) -> bytes:
+        try:
+            data = os.pread(self.fd, size, address)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot read {self.label}'s memory at {address:#x}: "
+                                     f"{e.strerror} (did it exit?)") from None
+        if len(data) != size:
+            raise EnvironmentProblem(f"{self.label}'s memory at {address:#x} is not readable")
+        return data
+
+    def write(self, address: int, data: bytes) -> None:
+        try:
+            written = os.pwrite(self.fd, data, address)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot write {self.label}'s memory at {address:#x}: "
+                                     f"{e.strerror}") from None
+        if written != len(data):
+            raise EnvironmentProblem(f"{self.label}'s memory at {address:#x} is not writable")

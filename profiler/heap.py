@@ -11,13 +11,12 @@ or goprof's per-version table, never assumed.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 
 from goprof.build import ProfileBuilder
 from goprof.errors import EnvironmentProblem
-from goprof.gotarget import GoProcess, MethodUnavailable
+from goprof.gotarget import GoProcess, MethodUnavailable, ProcessMemory
 from goprof.mem_build import MEM_PERIOD_TYPE, go_scale, trim_runtime
 from goprof.model import Location, Profile, Sample, ValueType
 from goprof.symbolizer.golayout import global_address
@@ -44,33 +43,15 @@ def read_buckets(proc: GoProcess, header_size: int, cycle_size: int) -> list[Hea
     vaddr = global_address(proc.binary, "runtime.mbuckets", path=proc.path)
     if vaddr is None:
         raise MethodUnavailable("runtime.mbuckets not found in the binary")
-    pid = proc.target.pid
-    try:
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-    except OSError as e:
-        raise EnvironmentProblem(f"cannot read {proc.target.label}'s memory: {e.strerror}") \
-            from None
-    try:
-        return _walk(fd, vaddr + proc.bias, header_size, cycle_size, proc.target.label)
-    finally:
-        os.close(fd)
+    with ProcessMemory(proc.target.pid, proc.target.label) as mem:
+        return _walk(mem, vaddr + proc.bias, header_size, cycle_size)
 
 
-def _read(fd: int, addr: int, size: int, label: str) -> bytes:
-    try:
-        data = os.pread(fd, size, addr)
-    except OSError as e:
-        raise EnvironmentProblem(f"cannot read {label}'s memory at {addr:#x}: {e.strerror} "
-                                 "(did it exit?)") from None
-    if len(data) != size:
-        raise EnvironmentProblem(f"{label}'s memory at {addr:#x} is not readable")
-    return data
-
-
-def _walk(fd: int, head_addr: int, header_size: int, cycle_size: int,
-          label: str) -> list[HeapRecord]:
+def _walk(mem: ProcessMemory, head_addr: int, header_size: int,
+          cycle_size: int) -> list[HeapRecord]:
+    label = mem.label
     words_per_cycle = cycle_size // 8
-    (b,) = struct.unpack("<Q", _read(fd, head_addr, 8, label))
+    (b,) = struct.unpack("<Q", mem.read(head_addr, 8))
     raw: list[tuple[int, tuple[int, ...], list[list[int]]]] = []
     seen: set[int] = set()
     while b and len(raw) < MAX_BUCKETS:
@@ -79,12 +60,12 @@ def _walk(fd: int, head_addr: int, header_size: int, cycle_size: int,
                                      "changed while read, or the layout is wrong")
         seen.add(b)
         _next, allnext, typ, _hash, size, nstk = HEADER.unpack(
-            _read(fd, b, HEADER.size, label))
+            mem.read(b, HEADER.size))
         if typ != MEM_BUCKET or nstk > MAX_STACK:
             raise EnvironmentProblem(f"{label}: unexpected heap-profile bucket at {b:#x} "
                                      f"(type {typ}, {nstk} frames): goprof's layout for this "
                                      "Go version is wrong")
-        body = _read(fd, b + header_size, nstk * 8 + 4 * cycle_size, label)
+        body = mem.read(b + header_size, nstk * 8 + 4 * cycle_size)
         stack = struct.unpack_from(f"<{nstk}Q", body)
         cycles = [list(struct.unpack_from(f"<{words_per_cycle}Q", body, nstk * 8 + i * cycle_size))
                   for i in range(4)]  # active, future[0..2]

@@ -22,7 +22,7 @@ from goprof.mem_build import AllocProfileBuilder, MethodChoice
 from goprof.mem_recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
 from goprof.report import print_counters, print_top
-from goprof.session import RecordingSession
+from goprof.session import RecordingSession, snapshot_symbols, write_outputs
 from goprof.symbolizer import BinaryCache
 from goprof.targets import Target, alive, check_privileges, target_for_pid
 from rich.console import Console
@@ -97,7 +97,7 @@ class MemSession(RecordingSession):
             self._say_methods(gos, methods)
             start_ns = time.time_ns()
             recorder.start()
-            symbolizers = {t.pid: self.snapshot_symbols(t, cache) for t in targets}
+            symbolizers = {t.pid: snapshot_symbols(t, cache, self.console) for t in targets}
             stats = MemStats()
             samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
             bpf_stats = recorder.program_stats()
@@ -120,7 +120,7 @@ class MemSession(RecordingSession):
             f"probe hits {stats.hits}, events with a stack {stats.sampled}, lost {stats.lost}, "
             f"stack collisions {stats.collisions}, truncated stacks {stats.truncated} "
             f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}")
-        self.write_outputs(profile)
+        write_outputs(profile, self.outputs)
         result = MemRunResult(profile, stats, ended_by, methods,
                               [p for p, _ in self.opts.outputs], targets)
         self._print_summary(result, builder, alloc)
@@ -172,16 +172,7 @@ class MemSession(RecordingSession):
         layout = (0, 0)
         rate = 1
         if method == "span":
-            lay = proc.layout()
-            # bpf/mem.c reads allocCount, allocCountBeforeCache and elemsize in one go.
-            if (lay.mspan_alloc_count_before_cache - lay.mspan_alloc_count,
-                    lay.mspan_elemsize - lay.mspan_alloc_count) != (6, 8):
-                raise MethodUnavailable(f"unexpected mspan layout in {proc.go_version} "
-                                        f"(allocCount {lay.mspan_alloc_count}, "
-                                        f"allocCountBeforeCache "
-                                        f"{lay.mspan_alloc_count_before_cache}, elemsize "
-                                        f"{lay.mspan_elemsize})")
-            layout = (lay.mcache_alloc, lay.mspan_alloc_count)
+            layout = proc.span_offsets()
             rate = self.opts.rate
         sites = proc.sites(method)
         if method == "go-sampler":

@@ -65,6 +65,35 @@ class RunResult:
     exit_code: int = 0
 
 
+def snapshot_symbols(target: Target, cache: BinaryCache, console: Console
+                     ) -> ProcessSymbolizer:
+    """The target's symbol tables now, while it lives (a target that exits later keeps
+    its names); what could not be read is said as a note."""
+    try:
+        sym = ProcessSymbolizer(target.pid, cache)
+    except ProcessGone:
+        raise EnvironmentProblem(f"{target.label} exited before goprof could read its "
+                                 "memory map") from None
+    except SymbolizerError as e:
+        raise EnvironmentProblem(f"cannot read {target.label}'s binaries: {e}") from None
+    for err in sym.errors:
+        console.print(f"[yellow]note:[/] {target.label}: {err}")
+    return sym
+
+
+def write_outputs(profile: Profile, outputs: list[tuple[Path, Exporter]]) -> None:
+    """Each output written whole or not at all (a temporary file, then a rename)."""
+    for out, exporter in outputs:
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                exporter.write(profile, f)
+            os.replace(tmp, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
+
+
 class Recorder(Protocol):
     """What the recording loop needs of a recorder (CPU or memory)."""
 
@@ -126,18 +155,6 @@ class RecordingSession:
             except subprocess.TimeoutExpired:
                 self.child.kill()
                 self.child.wait()
-
-    def snapshot_symbols(self, target: Target, cache: BinaryCache) -> ProcessSymbolizer:
-        try:
-            sym = ProcessSymbolizer(target.pid, cache)
-        except ProcessGone:
-            raise EnvironmentProblem(f"{target.label} exited before goprof could read its "
-                                     "memory map") from None
-        except SymbolizerError as e:
-            raise EnvironmentProblem(f"cannot read {target.label}'s binaries: {e}") from None
-        for err in sym.errors:
-            self.console.print(f"[yellow]note:[/] {target.label}: {err}")
-        return sym
 
     def _record(self, recorder: Recorder, targets: list[Target],
                 symbolizers: dict[int, ProcessSymbolizer], stats: Any
@@ -208,18 +225,6 @@ class RecordingSession:
         except SymbolizerError:
             pass  # exited meanwhile: the snapshot stays
 
-    def write_outputs(self, profile: Profile) -> None:
-        """Each output written whole or not at all (a temporary file, then a rename)."""
-        for out, exporter in self.outputs:
-            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            try:
-                with open(tmp, "wb") as f:
-                    exporter.write(profile, f)
-                os.replace(tmp, out)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
-
     def _write_json(self, path: Path, doc: dict) -> None:
         try:
             path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -250,7 +255,7 @@ class CpuSession(RecordingSession):
             # Symbol tables right after the start (off the first sample's path), while
             # the targets are alive: one that exits later keeps its names.
             cache = BinaryCache()
-            symbolizers = {t.pid: self.snapshot_symbols(t, cache) for t in targets}
+            symbolizers = {t.pid: snapshot_symbols(t, cache, self.console) for t in targets}
             cpu_before = _cpu_seconds()
             stats = Stats()
             samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
@@ -277,7 +282,7 @@ class CpuSession(RecordingSession):
             f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
             f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
             f"{builder.stats.unnamed_frames}")
-        self.write_outputs(profile)
+        write_outputs(profile, self.outputs)
         result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets)
         self._print_summary(result, builder)
         if self.opts.stats_path is not None:

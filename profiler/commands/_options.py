@@ -30,13 +30,15 @@ def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                         "goprof's own costs)")
 
 
-def outputs_from_args(args: argparse.Namespace, kind: str) -> list[tuple[Path, Exporter]]:
-    """-o files with their exporters; without -o, goprof-KIND-WHO-TIME in this folder."""
+def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
+                      ) -> list[tuple[Path, Exporter]]:
+    """-o files with their exporters; without -o, goprof-KIND-WHO-TIME in this folder
+    (WHO: the pids, else the command's name)."""
     outputs = [output_for(path, args.format) for path in args.output]
     if outputs:
         return outputs
     exporter = get_exporter(args.format or "pprof")
-    who = "-".join(str(p) for p in args.pid) or Path(args.exec_command[0]).name
+    who = who or "-".join(str(p) for p in args.pid) or Path(args.exec_command[0]).name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return [(Path(f"goprof-{kind}-{who}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"), exporter)]
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from goprof import __version__
 from goprof.build import ProfileBuilder
-from goprof.commands._options import DEFAULT_SUFFIX, output_for
+from goprof.commands._options import outputs_from_args
 from goprof.errors import EnvironmentProblem
-from goprof.exporters import FORMATS, get_exporter
+from goprof.exporters import FORMATS
 from goprof.gotarget import MethodUnavailable, inspect
 from goprof.heap import build_heap, read_buckets
 from goprof.report import print_counters, print_top
-from goprof.session import RecordingSession
+from goprof.session import snapshot_symbols, write_outputs
 from goprof.symbolizer import BinaryCache
 from goprof.targets import check_privileges, target_for_pid
 from rich.console import Console
@@ -49,12 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    outputs = [output_for(path, args.format) for path in args.output]
-    if not outputs:
-        exporter = get_exporter(args.format or "pprof")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        outputs = [(Path(f"goprof-heap-{args.pid}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"),
-                    exporter)]
+    outputs = outputs_from_args(args, "heap", who=str(args.pid))
     check_privileges()
     target = target_for_pid(args.pid)
     cache = BinaryCache()
@@ -74,14 +68,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         records = read_buckets(proc, layout.bucket_size, layout.mem_record_cycle_size)
     except MethodUnavailable as e:
         raise EnvironmentProblem(f"{target.label}: cannot read its heap profile: {e}") from None
-    session = RecordingSession(None, [], outputs, console)
-    symbolizer = session.snapshot_symbols(target, cache)
+    symbolizer = snapshot_symbols(target, cache, console)
     builder = ProfileBuilder({target.pid: symbolizer}, None, {target.pid: target.comm})
     comments = [f"goprof {__version__} heap: {target.label} ({proc.go_version}), read from "
                 f"runtime.mbuckets; MemProfileRate {rate}; as of the last garbage collection"]
     profile = build_heap(builder, target.pid, records, rate, started, comments)
     profile.default_sample_type = WEIGHTS[args.weight]
-    session.write_outputs(profile)
+    write_outputs(profile, outputs)
     print_top(console, profile, profile.value_index(profile.default_sample_type),
               empty="the heap profile is empty: no sampled allocation is recorded yet")
     print_counters(console, [
