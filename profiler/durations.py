@@ -1,4 +1,5 @@
-"""Durations as users type them: 30s, 2m, 1h30m, 500ms, or plain seconds."""
+"""Durations and sizes as users type them: 30s, 2m, 1h30m, 500ms, 7d or plain seconds;
+512M, 2G, 1.5GiB or plain bytes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import re
 
 from goprof.errors import UsageError
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, flag: str = "--duration") -> float:
     """Seconds in `text`; UsageError when it is not a positive duration."""
     t = text.strip().lower()
     try:
@@ -25,9 +26,26 @@ def parse_duration(text: str) -> float:
             total += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if pos != len(t) or not t:
-            raise UsageError(f"--duration {text!r}: use a number with a unit, like 30s, 2m, "
-                             "500ms or 1h")
+            raise UsageError(f"{flag} {text!r}: use a number with a unit, like 30s, 2m, "
+                             "500ms, 1h or 7d")
         value = total
     if value <= 0:
-        raise UsageError(f"--duration {text!r}: must be more than zero")
+        raise UsageError(f"{flag} {text!r}: must be more than zero")
+    return value
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, flag: str) -> int:
+    """Bytes in `text` (512M, 2G, 1.5GiB, 4096; binary units: disk quotas are); UsageError
+    when it is not a positive size."""
+    m = _SIZE.fullmatch(str(text).strip().lower())
+    if m is None or (m.group(3) == "i"):
+        raise UsageError(f"{flag} {text!r}: use a number of bytes with an optional unit, like "
+                         "512M, 2G or 1.5GiB")
+    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if value <= 0:
+        raise UsageError(f"{flag} {text!r}: must be more than zero")
     return value
