@@ -79,19 +79,22 @@ def map_sizes(frequency: int, window_s: float, cpus: int) -> dict[str, int]:
 
 
 class CpuRecorder(WindowedMaps):
-    def __init__(self, frequency: int, want_kernel: bool, window_s: float) -> None:
+    def __init__(self, frequency: int, want_kernel: bool, window_s: float,
+                 max_targets: int = 64) -> None:
         super().__init__(ERR_SLOTS)
         self.frequency = frequency
         self.period_ns = 1_000_000_000 // frequency
         self.want_kernel = want_kernel
         self.cpus = syscalls.online_cpus()
         self._window_s = window_s
+        self._max_targets = max_targets
         self._missed_before = 0
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
-        self.load(SOURCE, [PROGRAM], map_sizes(self.frequency, self._window_s, len(self.cpus)),
-                  syscalls.PROG_PERF_EVENT)
+        sizes = map_sizes(self.frequency, self._window_s, len(self.cpus))
+        sizes["targets"] = self._max_targets
+        self.load(SOURCE, [PROGRAM], sizes, syscalls.PROG_PERF_EVENT)
         self.set_config(CONFIG_WANT_KERNEL, int(self.want_kernel))
         assert self.loaded is not None
         prog = self.loaded.programs[PROGRAM]
@@ -109,6 +112,9 @@ class CpuRecorder(WindowedMaps):
     # -- targets --------------------------------------------------------------
     def add_target(self, pid: int) -> None:
         self.map("targets").update(struct.pack("<I", pid), b"\x01")
+
+    def remove_target(self, pid: int) -> None:
+        self.map("targets").delete(struct.pack("<I", pid))
 
     # -- reading --------------------------------------------------------------
     def samples_seen(self) -> int:

@@ -74,7 +74,10 @@ class AllocProfileBuilder:
         self.deduplicated = 0  # exact: specialized hits under mallocgc, not counted twice
 
     def build(self, samples: Iterable[AllocSample], stats: MemStats, time_nanos: int,
-              duration_nanos: int, comments: list[str]) -> Profile:
+              duration_nanos: int, comments: list[str], normalize_span: bool = True
+              ) -> Profile:
+        """normalize_span: scale span estimates to the kernel's exact totals, which are
+        per run, not per process: only right when one process used the span method."""
         merged: dict[tuple[int, tuple[int, ...], int, int], list[int]] = defaultdict(
             lambda: [0, 0, 0])
         for s in samples:
@@ -111,7 +114,11 @@ class AllocProfileBuilder:
                 sample.values = (objects, nbytes)
             sample.num_labels = {"bytes": (size, "bytes")}
             profile.samples.append(sample)
-        _normalize_span(span, stats)
+        if normalize_span:
+            _normalize_span(span, stats)
+        else:
+            for sample, objects, nbytes in span:
+                sample.values = (round(objects), round(nbytes))
         return profile
 
 

@@ -9,6 +9,7 @@ window by window (goprof.windows).
 from __future__ import annotations
 
 import math
+import os
 import random
 import struct
 from dataclasses import dataclass, field
@@ -102,9 +103,10 @@ def exponential_thresholds(rate: int, n: int = THRESHOLDS, seed: int | None = No
 
 
 class MemRecorder(WindowedMaps):
-    def __init__(self, span_rate: int) -> None:
+    def __init__(self, span_rate: int, max_targets: int = 64) -> None:
         super().__init__(ERR_SLOTS, flip_grace_s=UPROBE_FLIP_GRACE_S)
         self.span_rate = span_rate
+        self._max_targets = max_targets
         self.probes: list[Probe] = []
         self._missed_before = 0
         self._span_before = [0, 0, 0]
@@ -112,14 +114,15 @@ class MemRecorder(WindowedMaps):
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
         sizes = {"counts0": COUNTS_SIZE, "counts1": COUNTS_SIZE,
-                 "stacks0": STACKS_SIZE, "stacks1": STACKS_SIZE}
+                 "stacks0": STACKS_SIZE, "stacks1": STACKS_SIZE, "targets": self._max_targets}
         self.load(SOURCE, PROGRAMS, sizes, syscalls.PROG_KPROBE)
         thresholds = self.map("thresholds")
         for i, t in enumerate(exponential_thresholds(self.span_rate)):
             thresholds.update(struct.pack("<I", i), struct.pack("<Q", t))
 
-    def attach(self, probe: Probe) -> None:
-        """A disabled uprobe (hits on every CPU run the program); start() enables it."""
+    def attach(self, probe: Probe, enable: bool = False) -> int:
+        """A uprobe (hits on every CPU run the program), disabled until start() unless
+        `enable` (a probe added to a running recorder); returns its perf event fd."""
         assert self.loaded is not None
         prog = self.loaded.programs[probe.program]
         try:
@@ -129,12 +132,24 @@ class MemRecorder(WindowedMaps):
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"cannot put a uprobe on {probe.function}: {e}") from None
         self.probes.append(probe)
+        if enable:
+            syscalls.enable_perf_event(fd)
+        return fd
+
+    def detach(self, fd: int) -> None:
+        """Removes one uprobe attach() made (the binary's last target is gone)."""
+        if fd in self.events:
+            self.events.remove(fd)
+            os.close(fd)
 
     # -- targets --------------------------------------------------------------
     def add_target(self, pid: int, layout: tuple[int, int] = (0, 0)) -> None:
         """layout: the span method's offsets (mcache.alloc, mspan.allocCount) of the
         target's Go version (bpf/mem.c says what it assumes of the fields after)."""
         self.map("targets").update(struct.pack("<I", pid), TARGET_INFO.pack(*layout))
+
+    def remove_target(self, pid: int) -> None:
+        self.map("targets").delete(struct.pack("<I", pid))
 
     # -- reading --------------------------------------------------------------
     def samples_seen(self) -> int:

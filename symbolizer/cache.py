@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 
 from .binary import BinarySymbols, binary_build_id, load_image
 from .elffile import ElfImage
@@ -54,3 +55,14 @@ class BinaryCache:
                 got = self._by_id.setdefault(bid, got)
             self._by_stat[key] = got
         return got
+
+    def retain(self, keep: Iterable[BinarySymbols]) -> int:
+        """Forgets every binary not in `keep` (a long-running agent: the processes that
+        used them exited); returns how many were forgotten."""
+        kept = {id(b) for b in keep}
+        with self._lock:
+            before = len({id(b) for b in (*self._by_id.values(), *self._by_stat.values())})
+            self._by_id = {k: b for k, b in self._by_id.items() if id(b) in kept}
+            self._by_stat = {k: b for k, b in self._by_stat.items() if id(b) in kept}
+            after = len({id(b) for b in (*self._by_id.values(), *self._by_stat.values())})
+        return before - after

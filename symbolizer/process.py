@@ -75,6 +75,11 @@ class ProcessSymbolizer:
         self._locations: dict[int, Location] = {}
         self.refresh()
 
+    @property
+    def binaries(self) -> list[BinarySymbols]:
+        """The loaded binaries this process maps (what a cache must keep for it)."""
+        return [m.binary for m in self._known.values() if m.binary is not None]
+
     def _proc(self, *parts: str) -> str:
         return os.path.join(self.root, str(self.pid), *parts)
 
@@ -99,6 +104,10 @@ class ProcessSymbolizer:
                 known = self._load(entry)
                 self._known[entry.key] = known
             mapped.append(known)
+        if not mapped and self._mapped:
+            # An exiting process (or a zombie) has released its memory: its maps read
+            # empty. Its code did not go away: keep what it had mapped.
+            return
         mapped.sort(key=lambda m: m.mapping.start)
         self._mapped = mapped
         self._starts = [m.mapping.start for m in mapped]
