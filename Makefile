@@ -34,10 +34,13 @@ test: setup-test
 lint:
 	$(PY) -m ruff check .
 
-# Regenerate the pprof protobuf code (committed).
+# Regenerate the protobuf code (committed): pprof, and Parca's write API (whose gRPC stub
+# imports its messages as a top-level module: sed makes it a package import).
 proto:
 	$(VENV)/bin/pip install -q -e '.[proto]'
 	$(PY) -m grpc_tools.protoc -I exporters/proto --python_out=exporters/proto exporters/proto/profile.proto
+	$(PY) -m grpc_tools.protoc -I exporters/proto --python_out=exporters/proto --grpc_python_out=exporters/proto exporters/proto/parca_profilestore.proto
+	sed -i 's/^import parca_profilestore_pb2 as /from goprof.exporters.proto import parca_profilestore_pb2 as /' exporters/proto/parca_profilestore_pb2_grpc.py
 
 bench: setup-test
 	$(PY) bench/run_all.py
