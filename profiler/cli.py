@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from goprof import __version__
-from goprof.commands import cpu, doctor, heap, mem
+from goprof.commands import agent, cpu, doctor, heap, mem, prune
 from goprof.errors import GoprofError
 from rich.console import Console
 
-SUBCOMMANDS = (cpu, mem, heap, doctor)
+SUBCOMMANDS = (cpu, mem, heap, agent, prune, doctor)
 
 
 def parser() -> argparse.ArgumentParser:
