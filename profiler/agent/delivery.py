@@ -1,0 +1,454 @@
+"""Reliable, ordered, non-blocking delivery of windows to one remote sink.
+
+The profiler thread calls `Delivery.submit(window)`; one daemon worker thread sends
+windows to the sink. submit never touches the network (it may write a spool file).
+
+Design
+------
+Every submitted window gets a sequence number (`seq`), strictly increasing, which is
+also its spool file's name, `{spool_dir}/{sink.name}/{seq:020d}.window`. Pending
+windows live in one of three places:
+
+* the spool (files on disk, indexed in memory, ordered by seq),
+* the memory queue (a deque, at most `queue_size` windows),
+* "in flight": the memory head the worker popped and is sending right now.
+
+Invariant: every spooled window is older than every window in memory, and the
+in-flight window is older than both. The memory queue is therefore only used while
+the spool is empty; as soon as anything must go to disk, memory goes there first:
+
+* submit: when the sink is down, or the spool is non-empty, or memory is full (or
+  Delivery is closing), memory is flushed to the spool and the window is appended to
+  the spool; otherwise it is appended to memory. (One exception: down with nothing
+  pending at all, because the spool dropped what failed, the window goes to memory,
+  so that the worker has something to probe the sink with.)
+* worker: sends the spool's oldest file if there is one, else memory's head.
+  Success: the window is removed (its file unlinked). SinkRejected: removed, counted
+  in `rejected`, logged. SinkError: the sink is marked down (one log line on the
+  transition, not one per retry), the in-flight window goes back to the front and
+  memory is flushed to the spool; the head is retried with exponential backoff
+  (retry_initial_s doubling up to retry_max_s, with jitter). The first success after
+  that logs one "back" line.
+* close: the worker keeps delivering until `timeout_s` runs out, but only while the
+  sink is up; whatever is still in memory is then written to the spool, which the
+  next Delivery on the same spool_dir delivers first, in seq order.
+
+So windows reach the sink in submission order, also across restarts. A window is
+sent once, except (at-least-once) when the process dies after the sink accepted a
+spooled window and before its file is unlinked: the next run sends it again.
+
+Bounds: the spool holds at most `spool_bytes`; a window that does not fit is dropped
+(the new one, never the old: the spool keeps its order and a gap-free prefix). A
+spool write that fails (disk full, unwritable) drops that window too. A spool file
+that cannot be read back (torn, corrupt) is deleted. Without a spool_dir, delivery
+is memory only and a window that finds memory full is dropped. All of these count
+in `dropped` and are logged (drops at most once a minute per reason, with the
+running count); submit never raises.
+
+Thread safety: one lock (a Condition) guards all bookkeeping and spool writes; the
+network send, and reading a spool file back, happen outside it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
+
+_FILE = re.compile(r"^(\d{20})\.window$")
+_TMP_SUFFIX = ".window.tmp"
+_DROP_LOG_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """A consistent snapshot of one Delivery's counters and state."""
+
+    delivered: int  # windows the sink accepted
+    attempts_failed: int  # sends that raised SinkError (retried later)
+    rejected: int  # windows the sink refused for good (SinkRejected): not retried
+    dropped: int  # windows lost here: spool full or unwritable, corrupt file, memory full
+    queued: int  # pending in memory (including the one being sent from memory)
+    spooled_windows: int  # pending on disk
+    spooled_bytes: int
+    up: bool  # false from a failed send until the next successful one
+    last_success_mono: float | None  # time.monotonic() of the last accepted window
+    oldest_pending_age_s: float  # wall-clock age of the oldest pending window; 0 if none
+
+
+@dataclass(frozen=True)
+class _Queued:
+    seq: int
+    window: WindowProfile
+    since: float  # time.time() when submitted
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    seq: int
+    path: Path
+    size: int
+    since: float  # time.time() when written (file mtime for an earlier run's files)
+
+
+class Delivery:
+    """Ordered delivery of windows to `sink`, spooling to disk while it is down."""
+
+    def __init__(self, sink: Sink, *, spool_dir: Path | None, queue_size: int = 16,
+                 spool_bytes: int = 512 << 20, retry_initial_s: float = 1.0,
+                 retry_max_s: float = 30.0, log: logging.Logger | None = None) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self._sink = sink
+        self._name = sink.name
+        self._dir = None if spool_dir is None else Path(spool_dir) / sink.name
+        self._queue_size = queue_size
+        self._spool_limit = spool_bytes
+        self._retry_initial = retry_initial_s
+        self._retry_max = max(retry_max_s, retry_initial_s)
+        self._log = log or logging.getLogger(__name__)
+
+        self._cond = threading.Condition(threading.Lock())
+        self._mem: deque[_Queued] = deque()
+        self._spool: list[_Spooled] = []  # sorted by seq
+        self._spool_total = 0
+        self._inflight: _Queued | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False  # close() called: deliver until the deadline while up
+        self._closed = False  # close() done: the worker takes nothing more
+        self._deadline = 0.0
+
+        self._up = True
+        self._down_since = 0.0
+        self._delivered = 0
+        self._attempts_failed = 0
+        self._rejected = 0
+        self._dropped = 0
+        self._last_success: float | None = None
+        self._last_drop_log: dict[str, float] = {}
+
+        self._next_seq = 1
+        if self._dir is not None:
+            self._load_spool()
+
+    @property
+    def name(self) -> str:
+        """The sink's name (metrics and logs use it)."""
+        return self._name
+
+    # -- the profiler thread's side -------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("Delivery is closed")
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"goprof-delivery-{self._name}")
+            self._thread.start()
+
+    def submit(self, window: WindowProfile) -> None:
+        """Queue one window; never waits on the network and never raises."""
+        with self._cond:
+            item = _Queued(self._next_seq, window, time.time())
+            self._next_seq += 1
+            if self._dir is None:
+                if self._closing or len(self._mem) >= self._queue_size:
+                    self._drop_locked(
+                        "memory", f"memory queue full ({self._queue_size} windows)")
+                else:
+                    self._mem.append(item)
+            elif (self._spool or self._closing or len(self._mem) >= self._queue_size
+                  or (not self._up and self._pending_locked())):
+                # (Down with nothing pending means the spool dropped what failed: this
+                # window goes to memory so that the worker's next retry probes the sink.)
+                self._flush_memory_locked()
+                self._spool_write_locked(item)
+            else:
+                self._mem.append(item)
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker: deliver what is pending for up to timeout_s while the sink
+        is up, then spool what is still in memory (lost, and counted, without a
+        spool_dir). The sink itself is not closed: its owner does that."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._deadline = time.monotonic() + timeout_s
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, self._deadline - time.monotonic()))
+        with self._cond:
+            self._closed = True
+            if self._inflight is not None and self._dir is not None:
+                # The worker is stuck in a send past the deadline: keep the window. If
+                # that send still succeeds, the worker unlinks the file (by its seq).
+                # (Without a spool the worker settles it: delivered, or lost.)
+                self._mem.appendleft(self._inflight)
+                self._inflight = None
+            if self._dir is not None:
+                self._flush_memory_locked()
+            elif self._mem:
+                n = len(self._mem)
+                self._dropped += n
+                self._log.warning("sink %s: %d undelivered windows lost at shutdown "
+                                  "(no spool directory)", self._name, n)
+                self._mem.clear()
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once nothing is pending (memory, spool, in flight); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(self._idle_locked, timeout_s)
+
+    def stats(self) -> DeliveryStats:
+        with self._cond:
+            heads = (self._inflight, self._mem[0] if self._mem else None,
+                     self._spool[0] if self._spool else None)
+            oldest = [h.since for h in heads if h is not None]
+            return DeliveryStats(
+                delivered=self._delivered,
+                attempts_failed=self._attempts_failed,
+                rejected=self._rejected,
+                dropped=self._dropped,
+                queued=len(self._mem) + (self._inflight is not None),
+                spooled_windows=len(self._spool),
+                spooled_bytes=self._spool_total,
+                up=self._up,
+                last_success_mono=self._last_success,
+                oldest_pending_age_s=max(0.0, time.time() - min(oldest)) if oldest else 0.0,
+            )
+
+    # -- the worker ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed or (self._closing and (
+                            not self._up or time.monotonic() >= self._deadline)):
+                        return
+                    head = self._take_locked()
+                    if head is not None:
+                        break
+                    if self._closing:
+                        return  # nothing left to deliver
+                    self._cond.wait()
+
+            if isinstance(head, _Spooled):
+                window = self._read_spooled(head)
+                if window is None:
+                    continue
+            else:
+                window = head.window
+
+            error: Exception | None = None
+            rejected = False
+            try:
+                self._sink.send(window)
+            except SinkRejected as e:
+                rejected, error = True, e
+            except SinkError as e:
+                error = e
+            except Exception as e:  # a sink bug: keep the window and retry, do not die
+                error = e
+
+            with self._cond:
+                if error is None or rejected:
+                    failures = 0
+                    self._remove_locked(head.seq)
+                    if rejected:
+                        self._rejected += 1
+                        self._log.warning("sink %s rejected window seq=%d (%s): dropped, "
+                                          "not retried", self._name, head.seq, error)
+                    else:
+                        self._delivered += 1
+                    self._last_success = time.monotonic()
+                    if not self._up:
+                        self._up = True
+                        self._log.warning(
+                            "sink %s back after %.0fs: delivering %d %s windows",
+                            self._name, time.monotonic() - self._down_since,
+                            self._pending_locked(),
+                            "spooled" if self._dir is not None else "queued")
+                else:
+                    failures += 1
+                    self._attempts_failed += 1
+                    if self._up:
+                        self._up = False
+                        self._down_since = time.monotonic()
+                        where = (f"spooling windows to {self._dir}" if self._dir is not None
+                                 else f"holding up to {self._queue_size} windows in memory")
+                        self._log.warning("sink %s down: %s; %s", self._name,
+                                          str(error) or type(error).__name__, where)
+                    if self._inflight is head:
+                        self._inflight = None
+                        self._mem.appendleft(head)
+                    if self._dir is not None:
+                        self._flush_memory_locked()
+                    elif self._closed and self._mem:  # close() gave up on it
+                        self._dropped += len(self._mem)
+                        self._mem.clear()
+                self._cond.notify_all()
+                if error is not None and not rejected:
+                    delay = min(self._retry_max,
+                                self._retry_initial * 2 ** min(failures - 1, 32))
+                    self._cond.wait_for(lambda: self._closing,
+                                        random.uniform(delay / 2, delay))
+
+    def _take_locked(self) -> _Queued | _Spooled | None:
+        """The oldest pending window: spooled ones first (they are older)."""
+        if self._spool:
+            return self._spool[0]
+        if self._mem:
+            self._inflight = self._mem.popleft()
+            return self._inflight
+        return None
+
+    def _read_spooled(self, entry: _Spooled) -> WindowProfile | None:
+        """The window in a spool file; None (file deleted, counted) when unreadable."""
+        try:
+            return WindowProfile.from_bytes(entry.path.read_bytes())
+        except (OSError, ValueError) as e:
+            problem = e
+        with self._cond:
+            self._remove_locked(entry.seq)
+            self._dropped += 1
+            self._log.warning("sink %s: dropped unreadable spool file %s (%s); "
+                              "%d windows dropped so far", self._name, entry.path, problem,
+                              self._dropped)
+            self._cond.notify_all()
+        return None
+
+    def _remove_locked(self, seq: int) -> None:
+        """Forget the window seq wherever it is pending, unlinking its spool file.
+        (Run after the sink accepted it: a crash just before the unlink means the
+        next run sends it again, the one at-least-once case.)"""
+        if self._inflight is not None and self._inflight.seq == seq:
+            self._inflight = None
+            return
+        i = bisect.bisect_left(self._spool, seq, key=lambda e: e.seq)
+        if i < len(self._spool) and self._spool[i].seq == seq:
+            entry = self._spool.pop(i)
+            self._spool_total -= entry.size
+            try:
+                entry.path.unlink(missing_ok=True)
+            except OSError as e:
+                self._log.warning("sink %s: cannot delete spool file %s: %s",
+                                  self._name, entry.path, e)
+
+    # -- the spool ------------------------------------------------------------------
+
+    def _load_spool(self) -> None:
+        """Index files an earlier run left (pending work, delivered first) and resume
+        numbering after the newest; remove temp files of writes a crash cut short."""
+        assert self._dir is not None
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            names = os.listdir(self._dir)
+        except OSError as e:
+            self._log.error("sink %s: spool directory %s unusable (%s): windows are "
+                            "dropped while the sink is down", self._name, self._dir, e)
+            return
+        for name in names:
+            path = self._dir / name
+            m = _FILE.match(name)
+            try:
+                if m:
+                    st = path.stat()
+                    self._spool.append(_Spooled(int(m.group(1)), path, st.st_size,
+                                                st.st_mtime))
+                elif name.startswith(".") and name.endswith(_TMP_SUFFIX):
+                    path.unlink()
+            except OSError as e:
+                self._log.warning("sink %s: skipping spool file %s: %s", self._name, path, e)
+        self._spool.sort(key=lambda e: e.seq)
+        self._spool_total = sum(e.size for e in self._spool)
+        if self._spool:
+            self._next_seq = self._spool[-1].seq + 1
+            self._log.info("sink %s: %d windows (%d bytes) pending in %s from an earlier "
+                           "run", self._name, len(self._spool), self._spool_total, self._dir)
+
+    def _flush_memory_locked(self) -> None:
+        while self._mem:
+            self._spool_write_locked(self._mem.popleft())
+
+    def _spool_write_locked(self, item: _Queued) -> None:
+        """Write one window to the spool atomically; drop it (counted) when it does
+        not fit or cannot be written."""
+        assert self._dir is not None
+        try:
+            data = item.window.to_bytes()
+        except Exception as e:  # labels that are not JSON: a bug upstream, not ours
+            self._drop_locked("encode", f"cannot encode window seq={item.seq}: {e}")
+            return
+        if self._spool_total + len(data) > self._spool_limit:
+            self._drop_locked("full", f"spool {self._dir} full ({self._spool_total} of "
+                                      f"{self._spool_limit} bytes)")
+            return
+        path = self._dir / f"{item.seq:020d}.window"
+        tmp = self._dir / f".{item.seq:020d}{_TMP_SUFFIX}"
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._drop_locked("write", f"cannot write spool file {path}: {e}")
+            return
+        self._fsync_dir()
+        bisect.insort(self._spool, _Spooled(item.seq, path, len(data), item.since),
+                      key=lambda e: e.seq)
+        self._spool_total += len(data)
+
+    def _fsync_dir(self) -> None:
+        """Make the rename durable; best effort (not every file system allows it)."""
+        try:
+            fd = os.open(self._dir, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _drop_locked(self, reason: str, message: str) -> None:
+        """Count one dropped window; log at most once a minute per reason."""
+        self._dropped += 1
+        now = time.monotonic()
+        last = self._last_drop_log.get(reason)
+        if last is None or now - last >= _DROP_LOG_INTERVAL_S:
+            self._last_drop_log[reason] = now
+            self._log.warning("sink %s: dropped a window: %s; %d windows dropped so far",
+                              self._name, message, self._dropped)
+
+    def _pending_locked(self) -> int:
+        return len(self._mem) + len(self._spool) + (self._inflight is not None)
+
+    def _idle_locked(self) -> bool:
+        return self._pending_locked() == 0
