@@ -120,9 +120,9 @@ class MemSession(RecordingSession):
             f"probe hits {stats.hits}, events with a stack {stats.sampled}, lost {stats.lost}, "
             f"stack collisions {stats.collisions}, truncated stacks {stats.truncated} "
             f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}")
-        write_outputs(profile, self.outputs)
+        self.written = write_outputs(profile, self.outputs, "mem", targets)
         result = MemRunResult(profile, stats, ended_by, methods,
-                              [p for p, _ in self.opts.outputs], targets)
+                              [p for p, _ in self.written], targets)
         self._print_summary(result, builder, alloc)
         if self.opts.stats_path is not None:
             self._write_json(self.opts.stats_path, {
@@ -248,7 +248,7 @@ class MemSession(RecordingSession):
         ]
         if stats.read_errors:
             rows.append(("unreadable spans", f"{stats.read_errors}"))
-        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.opts.outputs]
+        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.written]
         print_counters(c, rows)
 
 

@@ -12,10 +12,12 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ from goprof.build import ProfileBuilder
 from goprof.cpu_recorder import CpuRecorder, Stats
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import Exporter
+from goprof.exporters.sink import render_template
 from goprof.model import Profile
 from goprof.report import print_counters, print_top
 from goprof.symbolizer import (
@@ -81,17 +84,47 @@ def snapshot_symbols(target: Target, cache: BinaryCache, console: Console
     return sym
 
 
-def write_outputs(profile: Profile, outputs: list[tuple[Path, Exporter]]) -> None:
-    """Each output written whole or not at all (a temporary file, then a rename)."""
+def write_outputs(profile: Profile, outputs: list[tuple[Path, Exporter]], kind: str = "",
+                  targets: list[Target] | None = None) -> list[tuple[Path, Exporter]]:
+    """Each output written whole or not at all (a temporary file, then a rename); -o
+    templates are filled in, one file per process when they name {pid}. Returns the
+    files written."""
+    written = []
     for out, exporter in outputs:
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                exporter.write(profile, f)
-            os.replace(tmp, out)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
+        for path, part in _expand(out, profile, kind, targets or []):
+            _write_one(part, path, exporter)
+            written.append((path, exporter))
+    return written
+
+
+def _expand(out: Path, profile: Profile, kind: str, targets: list[Target]
+            ) -> list[tuple[Path, Profile]]:
+    template = str(out)
+    if "{" not in template:
+        return [(out, profile)]
+    host = socket.gethostname()
+    fill = partial(render_template, template, host=host, kind=kind, when_ns=profile.time_nanos)
+    if "{pid}" not in template or len(targets) < 2:
+        first = targets[0] if targets else Target(0, "", "")
+        return [(Path(fill(exe=first.exe, pid=first.pid)), profile)]
+    parts = []
+    for t in targets:
+        samples = [s for s in profile.samples if s.labels.get("pid") == str(t.pid)]
+        parts.append((Path(fill(exe=t.exe, pid=t.pid)), replace(profile, samples=samples)))
+    return parts
+
+
+def _write_one(profile: Profile, out: Path, exporter: Exporter) -> None:
+    if not out.parent.is_dir():
+        raise EnvironmentProblem(f"cannot write {out}: folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            exporter.write(profile, f)
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
 
 
 class Recorder(Protocol):
@@ -119,6 +152,7 @@ class RecordingSession:
         # Drained at least every MAX_WINDOW_S; a shorter run is one window.
         self.window_s = min(duration or MAX_WINDOW_S, MAX_WINDOW_S)
         self.record_cpu_s = 0.0
+        self.written: list[tuple[Path, Exporter]] = []  # outputs, templates filled in
 
     # -- signals --------------------------------------------------------------
     def _on_signal(self, signum: int, _frame) -> None:
@@ -282,8 +316,8 @@ class CpuSession(RecordingSession):
             f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
             f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
             f"{builder.stats.unnamed_frames}")
-        write_outputs(profile, self.outputs)
-        result = RunResult(profile, stats, ended_by, [p for p, _ in self.opts.outputs], targets)
+        self.written = write_outputs(profile, self.outputs, "cpu", targets)
+        result = RunResult(profile, stats, ended_by, [p for p, _ in self.written], targets)
         self._print_summary(result, builder)
         if self.opts.stats_path is not None:
             self._write_stats(result, builder, bpf_stats, setup_s, elapsed, symbolize_s,
@@ -344,7 +378,7 @@ class CpuSession(RecordingSession):
                                  "where the frame-pointer walk left the mapped code"),
             ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"),
         ]
-        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.opts.outputs]
+        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.written]
         print_counters(c, rows)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
-from goprof.errors import UsageError
+from goprof.agent.discovery import exe_matches
+from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters import FORMATS, Exporter, exporter_for_path, get_exporter
+from goprof.exporters.sink import check_template
 
 DEFAULT_SUFFIX = {"pprof": ".pb.gz", "folded": ".folded", "speedscope": ".speedscope.json"}
 
@@ -16,14 +19,18 @@ def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     """--pid, --duration, --output, --format, --stats."""
     p.add_argument("-p", "--pid", type=int, action="append", default=[], metavar="PID",
                    help="process to profile (repeat for several)")
+    p.add_argument("--exe", action="append", default=[], metavar="PATH|NAME",
+                   help="profile every process running this executable (a path, or a base "
+                        "name), found when the run starts: for cron, which knows no pids")
     p.add_argument("-d", "--duration", default=None, metavar="D",
                    help="how long to record: 30s, 2m, 500ms, 1h (default: until Ctrl-C "
                         "or every target exits)")
     p.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
                    help="where to write; the format follows the suffix (.pb.gz, .folded, "
                         ".speedscope.json) unless --format is given; repeat to write the "
-                        f"same profile in several formats (default: goprof-{kind}-PID-TIME"
-                        ".pb.gz)")
+                        "same profile in several formats; {exe} {pid} {time} {host} {kind} "
+                        "are filled in, and with {pid} each process gets its own file "
+                        f"(default: goprof-{kind}-PID-TIME.pb.gz)")
     p.add_argument("--format", choices=FORMATS, default=None, help="output format")
     p.add_argument("--stats", default=None, metavar="FILE",
                    help="also write the run's statistics as JSON (samples, lost, BPF time, "
@@ -38,7 +45,9 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
     if outputs:
         return outputs
     exporter = get_exporter(args.format or "pprof")
-    who = who or "-".join(str(p) for p in args.pid) or Path(args.exec_command[0]).name
+    who = who or "-".join(str(p) for p in args.pid) or "-".join(args.exe) or \
+        Path(args.exec_command[0]).name
+    who = who.replace("/", "_")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return [(Path(f"goprof-{kind}-{who}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"), exporter)]
 
@@ -46,7 +55,12 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
 def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
     """The file and its exporter: --format wins, else the file's suffix."""
     output = Path(path)
-    if not output.parent.is_dir():
+    if "{" in path:
+        try:
+            check_template(path)
+        except ValueError as e:
+            raise UsageError(f"-o {e}") from None
+    if "{" not in str(output.parent) and not output.parent.is_dir():
         raise UsageError(f"-o {path}: folder {output.parent} does not exist")
     if format_name:
         return output, get_exporter(format_name)
@@ -58,5 +72,33 @@ def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
 
 
 def require_targets(args: argparse.Namespace) -> None:
-    if not args.pid and not args.exec_command:
-        raise UsageError("nothing to profile: give --pid PID, or a command after --")
+    if not args.pid and not args.exe and not args.exec_command:
+        raise UsageError("nothing to profile: give --pid PID, --exe NAME, or a command "
+                         "after --")
+
+
+def target_pids(args: argparse.Namespace) -> list[int]:
+    """--pid, then the processes running each --exe now (an error when none does)."""
+    pids = list(args.pid)
+    for wanted in args.exe:
+        found = pids_running(wanted)
+        if not found:
+            raise EnvironmentProblem(f"--exe {wanted}: no running process runs that "
+                                     "executable (check with `pgrep -a`)")
+        pids += found
+    return list(dict.fromkeys(pids))
+
+
+def pids_running(wanted: str) -> list[int]:
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            exe = os.readlink(f"/proc/{entry}/exe")
+        except OSError:
+            continue  # kernel thread, gone, or not ours to read
+        if exe_matches(exe, wanted):
+            pids.append(int(entry))
+    return sorted(pids)

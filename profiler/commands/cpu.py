@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from goprof.commands._options import add_recording_arguments, outputs_from_args, require_targets
+from goprof.commands._options import (
+    add_recording_arguments,
+    outputs_from_args,
+    require_targets,
+    target_pids,
+)
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
 from goprof.session import CpuOptions, CpuSession
@@ -40,7 +45,7 @@ def options_from_args(args: argparse.Namespace) -> CpuOptions:
     if not 1 <= args.frequency <= 10000:
         raise UsageError(f"--frequency {args.frequency}: give 1 to 10000 samples a second")
     duration = parse_duration(args.duration) if args.duration is not None else None
-    return CpuOptions(pids=list(dict.fromkeys(args.pid)), command=args.exec_command,
+    return CpuOptions(pids=target_pids(args), command=args.exec_command,
                       duration=duration, frequency=args.frequency, kernel=not args.no_kernel,
                       outputs=outputs_from_args(args, "cpu"),
                       stats_path=Path(args.stats) if args.stats else None)

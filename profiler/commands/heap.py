@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 f"runtime.mbuckets; MemProfileRate {rate}; as of the last garbage collection"]
     profile = build_heap(builder, target.pid, records, rate, started, comments)
     profile.default_sample_type = WEIGHTS[args.weight]
-    write_outputs(profile, outputs)
+    outputs = write_outputs(profile, outputs, "heap", [target])
     print_top(console, profile, profile.value_index(profile.default_sample_type),
               empty="the heap profile is empty: no sampled allocation is recorded yet")
     print_counters(console, [

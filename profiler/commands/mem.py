@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from goprof.commands._options import add_recording_arguments, outputs_from_args, require_targets
+from goprof.commands._options import (
+    add_recording_arguments,
+    outputs_from_args,
+    require_targets,
+    target_pids,
+)
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
 from goprof.gotarget import DEFAULT_GO_RATE, METHODS
@@ -53,7 +58,7 @@ def options_from_args(args: argparse.Namespace) -> MemOptions:
     if args.rate < 1:
         raise UsageError(f"--rate {args.rate}: give a positive number of bytes")
     duration = parse_duration(args.duration) if args.duration is not None else None
-    return MemOptions(pids=list(dict.fromkeys(args.pid)), command=args.exec_command,
+    return MemOptions(pids=target_pids(args), command=args.exec_command,
                       duration=duration, outputs=outputs_from_args(args, "mem"),
                       method=args.method, go_sampler=args.go_sampler, rate=args.rate,
                       weight=WEIGHTS[args.weight],

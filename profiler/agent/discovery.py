@@ -1,0 +1,169 @@
+"""Which processes on the host the agent profiles.
+
+A scan lists /proc, skips what it has already decided about (by pid and start time,
+so a reused pid is looked at again), and keeps the Go programs that match the
+filters. Whether an executable is a Go program is read once per file (its build
+info: cheap, no pclntab parse) and cached by (device, inode, size, mtime), so a
+host with hundreds of processes of a few binaries opens each binary once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from goprof.symbolizer import SymbolizerError
+from goprof.symbolizer.elffile import ElfImage
+from goprof.symbolizer.goruntime import go_version
+from goprof.symbolizer.notes import build_ids
+from goprof.targets import Target, read_comm
+
+FileKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+@dataclass(frozen=True)
+class GoBinaryInfo:
+    go_version: str
+    build_id: str  # GNU build id, else Go's ("" when neither)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A Go process the filters accept."""
+
+    target: Target
+    start_ticks: int  # /proc/PID/stat starttime: tells a reused pid apart
+    binary: GoBinaryInfo
+    file_key: FileKey
+    cgroup: str
+
+
+@dataclass
+class ProcessFilter:
+    """Empty lists match everything; several lists must all match (an AND of ORs)."""
+
+    pids: list[int] = field(default_factory=list)
+    exes: list[str] = field(default_factory=list)  # a full path, or a base name
+    comms: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)  # substrings of the cgroup path
+
+    def matches(self, target: Target, cgroup: str) -> bool:
+        if self.pids and target.pid not in self.pids:
+            return False
+        if self.exes and not any(exe_matches(target.exe, e) for e in self.exes):
+            return False
+        if self.comms and target.comm not in self.comms:
+            return False
+        return not (self.cgroups and not any(c in cgroup for c in self.cgroups))
+
+
+def exe_matches(exe: str, wanted: str) -> bool:
+    """`--exe /srv/api` matches that file; `--exe api` any executable named api."""
+    exe = exe.removesuffix(" (deleted)")  # an upgraded binary still running
+    return exe == wanted if "/" in wanted else os.path.basename(exe) == wanted
+
+
+def start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])  # field 22 of stat, counted after the comm
+
+
+def cgroup_path(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:  # the cgroup v2 line, else the first
+        if line.startswith("0::"):
+            return line[3:]
+    return lines[0].split(":", 2)[-1] if lines else ""
+
+
+class GoBinaries:
+    """Executable file -> Go build facts, or None for a non-Go program (cached too)."""
+
+    def __init__(self) -> None:
+        self._known: dict[FileKey, GoBinaryInfo | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def lookup(self, pid: int) -> tuple[FileKey, GoBinaryInfo | None] | None:
+        """None when the executable cannot be read (exited, kernel thread)."""
+        path = f"/proc/{pid}/exe"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._known:
+            self._known[key] = self._read(path)
+        return key, self._known[key]
+
+    @staticmethod
+    def _read(path: str) -> GoBinaryInfo | None:
+        try:
+            with ElfImage(path) as img:
+                version = go_version(img)
+                if version is None:
+                    return None
+                gnu, go = build_ids(img)
+        except SymbolizerError:
+            return None  # not ELF, or unreadable: not a program we can profile
+        return GoBinaryInfo(version, gnu or go)
+
+    def forget_except(self, keep: set[FileKey]) -> None:
+        """Drops Go entries of files no live target uses (non-Go verdicts stay: cheap,
+        and they spare re-reading every shell and daemon on each scan)."""
+        for key in [k for k, v in self._known.items() if v is not None and k not in keep]:
+            del self._known[key]
+
+
+class Discovery:
+    def __init__(self, flt: ProcessFilter, binaries: GoBinaries | None = None) -> None:
+        self.filter = flt
+        self.binaries = binaries or GoBinaries()
+        self._decided: dict[int, int] = {}  # pid -> start ticks, of processes seen
+        self._self = os.getpid()
+
+    def scan(self) -> list[Candidate]:
+        """Processes not seen before that are Go programs matching the filter."""
+        found: list[Candidate] = []
+        pids = self.filter.pids or [int(d) for d in os.listdir("/proc") if d.isdigit()]
+        alive: set[int] = set()
+        for pid in pids:
+            ticks = start_ticks(pid)
+            if ticks is None or pid == self._self:
+                continue
+            alive.add(pid)
+            if self._decided.get(pid) == ticks:
+                continue
+            self._decided[pid] = ticks
+            candidate = self._examine(pid, ticks)
+            if candidate is not None:
+                found.append(candidate)
+        for pid in [p for p in self._decided if p not in alive]:
+            del self._decided[pid]  # gone: a new process with its pid is looked at anew
+        return found
+
+    def _examine(self, pid: int, ticks: int) -> Candidate | None:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return None  # kernel thread, or gone
+        target = Target(pid, read_comm(pid), exe)
+        cgroup = cgroup_path(pid)
+        if not self.filter.matches(target, cgroup):
+            return None
+        looked = self.binaries.lookup(pid)
+        if looked is None or looked[1] is None:
+            return None
+        key, info = looked
+        return Candidate(target, ticks, info, key, cgroup)

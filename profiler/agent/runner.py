@@ -1,0 +1,359 @@
+"""The agent's loop: processes picked up and let go, windows closed, profiles handed
+to the sinks.
+
+One CPU recorder (and one memory recorder with --mem) runs the whole time; a new
+process is one entry in the kernel's targets map (plus uprobes on its binary, once
+per binary, for memory), so windows follow each other with no gap and nothing is
+detached or attached per window. At each window's end both recorders flip to
+their other map set; the closed set is split by pid, symbolized and encoded as
+one pprof per process, and submitted to every sink's delivery queue (which never
+blocks). A process that exited is let go after the window that holds its last
+samples: its targets entry, uprobes (if no other process uses the binary),
+symbol tables and cache entries are released.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from goprof import __version__
+from goprof.agent.delivery import Delivery
+from goprof.agent.discovery import Candidate, Discovery, ProcessFilter
+from goprof.agent.labels import process_labels
+from goprof.agent.metrics import AgentMetrics
+from goprof.build import ProfileBuilder
+from goprof.cpu_recorder import CpuRecorder, RawSample
+from goprof.errors import EnvironmentProblem
+from goprof.exporters import pprof
+from goprof.exporters.sink import WindowProfile
+from goprof.gotarget import GoProcess, MethodUnavailable, inspect
+from goprof.mem_build import AllocProfileBuilder, MethodChoice
+from goprof.mem_recorder import AllocSample, MemRecorder, Probe
+from goprof.mem_session import DEFAULT_SPAN_RATE
+from goprof.model import Profile
+from goprof.symbolizer import (
+    BinaryCache,
+    KernelSymbolizer,
+    ProcessGone,
+    ProcessSymbolizer,
+    SymbolizerError,
+)
+from goprof.targets import alive
+
+ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
+
+
+@dataclass
+class AgentOptions:
+    filter: ProcessFilter
+    hostname: str
+    window_s: float = 10.0
+    frequency: int = 99
+    kernel: bool = False
+    mem: bool = False
+    mem_rate: int = DEFAULT_SPAN_RATE
+    service_name: str | None = None
+    node: str | None = None
+    duration: float | None = None
+    scan_interval_s: float = 1.0  # how often new processes are looked for
+    max_targets: int = 4096
+
+
+@dataclass
+class Profiled:
+    """A process being profiled, and what it holds."""
+
+    candidate: Candidate
+    labels: dict[str, str]
+    symbolizer: ProcessSymbolizer
+    mem: MethodChoice | None = None
+    probes: list[ProbeKey] = field(default_factory=list)
+    exited: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.candidate.target.pid
+
+
+class Agent:
+    def __init__(self, options: AgentOptions, deliveries: list[Delivery],
+                 metrics: AgentMetrics, log: logging.Logger, pods=None) -> None:
+        self.opts = options
+        self.deliveries = deliveries
+        self.metrics = metrics
+        self.log = log
+        self.pods = pods
+        self.discovery = Discovery(options.filter)
+        self.cache = BinaryCache()
+        self.profiled: dict[int, Profiled] = {}
+        self.cpu: CpuRecorder | None = None
+        self.memrec: MemRecorder | None = None
+        self.kernel: KernelSymbolizer | None = None
+        self._probe_fds: dict[ProbeKey, tuple[int, int]] = {}  # -> (fd, processes using it)
+        self._sequence = 0
+        self._window_start_ns = 0
+        self.last_window_mono = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------
+    def open(self) -> None:
+        """Loads and attaches the recorders (EnvironmentProblem when it cannot)."""
+        self.cpu = CpuRecorder(self.opts.frequency, self.opts.kernel, self.opts.window_s,
+                               max_targets=self.opts.max_targets)
+        self.cpu.open()
+        if self.opts.mem:
+            self.memrec = MemRecorder(self.opts.mem_rate, max_targets=self.opts.max_targets)
+            self.memrec.open()
+        if self.opts.kernel:
+            try:
+                self.kernel = KernelSymbolizer()
+            except SymbolizerError as e:
+                self.log.warning(f"kernel frames stay unnamed: {e}")
+
+    def close(self) -> None:
+        for rec in (self.cpu, self.memrec):
+            if rec is not None:
+                rec.close()
+
+    def healthy(self) -> tuple[bool, str]:
+        late = time.monotonic() - self.last_window_mono
+        if late > 2 * self.opts.window_s + 5:
+            return False, f"no window closed for {late:.0f} s"
+        return True, f"ok: {len(self.profiled)} processes"
+
+    def run(self, stop: threading.Event) -> str:
+        """Profiles until `stop` is set or the duration passes; returns why it ended.
+        The last, partial window is closed and handed to the sinks too."""
+        assert self.cpu is not None
+        self.cpu.start()
+        if self.memrec is not None:
+            self.memrec.start()
+        started = time.monotonic()
+        self._window_start_ns = time.time_ns()
+        self.last_window_mono = started
+        deadline = started + self.opts.duration if self.opts.duration else None
+        next_window = started + self.opts.window_s
+        next_scan = started
+        self.log.info("agent started", extra={"fields": {
+            "window_s": self.opts.window_s, "frequency_hz": self.opts.frequency,
+            "mem": self.opts.mem, "sinks": ",".join(d.name for d in self.deliveries)}})
+        ended = ""
+        while not ended:
+            now = time.monotonic()
+            if now >= next_scan:
+                self.scan()
+                next_scan = now + self.opts.scan_interval_s
+            if now >= next_window:
+                self.close_window()
+                # A slow window does not make the next ones short: they stay W long.
+                next_window = max(next_window + self.opts.window_s, time.monotonic() + 0.1)
+            wake = min(next_scan, next_window, deadline or next_window)
+            if stop.wait(max(wake - time.monotonic(), 0)):
+                ended = "stopped by a signal"
+            elif deadline is not None and time.monotonic() >= deadline:
+                ended = "duration reached"
+        self.cpu.stop()
+        if self.memrec is not None:
+            self.memrec.stop()
+        self.close_window()
+        return ended
+
+    # -- processes ------------------------------------------------------------------
+    def scan(self) -> None:
+        for p in self.profiled.values():
+            if not p.exited and not alive(p.pid):
+                p.exited = True  # let go once its last window is closed
+        for c in self.discovery.scan():
+            if c.target.pid not in self.profiled:
+                self._pick_up(c)
+
+    def _pick_up(self, c: Candidate) -> None:
+        t = c.target
+        try:
+            sym = ProcessSymbolizer(t.pid, self.cache)
+        except ProcessGone:
+            return
+        except SymbolizerError as e:
+            self.metrics.failed.labels("cpu").inc()
+            self.log.warning("cannot read a process's binaries; skipped",
+                             extra={"fields": {"pid": t.pid, "comm": t.comm, "error": str(e)}})
+            return
+        labels = process_labels(c, hostname=self.opts.hostname, node=self.opts.node,
+                                service_name=self.opts.service_name, pods=self.pods)
+        p = Profiled(c, labels, sym)
+        assert self.cpu is not None
+        self.cpu.add_target(t.pid)
+        if self.memrec is not None:
+            self._start_mem(p)
+        self.profiled[t.pid] = p
+        self.metrics.picked_up.inc()
+        self.metrics.processes.set(len(self.profiled))
+        self.metrics.binaries.set(len(self.cache))
+        self.log.info("process picked up", extra={"fields": {
+            "pid": t.pid, "comm": t.comm, "exe": t.exe, "go_version": c.binary.go_version,
+            "service_name": labels.get("service_name", ""),
+            **({"mem_method": p.mem.method} if p.mem else {})}})
+
+    def _start_mem(self, p: Profiled) -> None:
+        """Allocations: go-sampler where Go's own sampler is on, else span (as goprof mem
+        chooses); a process where neither works is profiled for CPU only, and said."""
+        assert self.memrec is not None
+        try:
+            proc = inspect(p.candidate.target, self.cache)
+            rate = proc.read_rate() or 0
+            methods = ["go-sampler", "span"] if rate > 0 else ["span"]
+            reasons = []
+            for method in methods:
+                try:
+                    p.mem = self._attach_method(p, proc, method, rate)
+                    return
+                except MethodUnavailable as e:
+                    reasons.append(f"{method}: {e}")
+            raise EnvironmentProblem("; ".join(reasons))
+        except EnvironmentProblem as e:
+            self.metrics.failed.labels("mem").inc()
+            self.log.warning("no allocation profile for this process (CPU only)", extra={
+                "fields": {"pid": p.pid, "comm": p.candidate.target.comm, "error": str(e)}})
+
+    def _attach_method(self, p: Profiled, proc: GoProcess, method: str, rate: int
+                       ) -> MethodChoice:
+        assert self.memrec is not None
+        layout = proc.span_offsets() if method == "span" else (0, 0)
+        sites = proc.sites(method)
+        for site in sites:
+            key = (proc.inode, site.function)
+            if key in self._probe_fds:
+                fd, users = self._probe_fds[key]
+                self._probe_fds[key] = (fd, users + 1)
+            else:
+                fd = self.memrec.attach(Probe(proc.path, site.file_offset, site.program,
+                                              site.function), enable=True)
+                self._probe_fds[key] = (fd, 1)
+            p.probes.append(key)
+        self.memrec.add_target(p.pid, layout)
+        return MethodChoice(method, rate if method == "go-sampler" else self.opts.mem_rate)
+
+    def _let_go(self, p: Profiled) -> None:
+        assert self.cpu is not None
+        self.cpu.remove_target(p.pid)
+        if self.memrec is not None:
+            self.memrec.remove_target(p.pid)
+            for key in p.probes:
+                fd, users = self._probe_fds[key]
+                if users > 1:
+                    self._probe_fds[key] = (fd, users - 1)
+                else:
+                    del self._probe_fds[key]
+                    self.memrec.detach(fd)
+        del self.profiled[p.pid]
+        self.metrics.let_go.inc()
+        self.log.info("process let go", extra={"fields": {
+            "pid": p.pid, "comm": p.candidate.target.comm}})
+
+    def _release_exited(self) -> None:
+        gone = [p for p in self.profiled.values() if p.exited]
+        for p in gone:
+            self._let_go(p)
+        if gone:
+            keep = [b for p in self.profiled.values() for b in p.symbolizer.binaries]
+            self.cache.retain(keep)
+            self.discovery.binaries.forget_except(
+                {p.candidate.file_key for p in self.profiled.values()})
+            self.metrics.processes.set(len(self.profiled))
+            self.metrics.binaries.set(len(self.cache))
+
+    # -- windows --------------------------------------------------------------------
+    def close_window(self) -> None:
+        assert self.cpu is not None
+        built = time.monotonic()
+        end_ns = time.time_ns()
+        start_ns, self._window_start_ns = self._window_start_ns, end_ns
+        cpu_window = self.cpu.drain()
+        mem_window = self.memrec.drain() if self.memrec is not None else None
+        cpu_by_pid: dict[int, list[RawSample]] = defaultdict(list)
+        for s in cpu_window.samples:
+            cpu_by_pid[s.pid].append(s)
+        st = cpu_window.stats
+        self.metrics.lost.labels("cpu").inc(st.lost)
+        self.metrics.collisions.labels("cpu").inc(st.user_collisions + st.kernel_collisions)
+        self.metrics.truncated.labels("cpu").inc(st.truncated)
+        for pid, samples in cpu_by_pid.items():
+            p = self.profiled.get(pid)
+            if p is not None:
+                self._cpu_profile(p, samples, start_ns, end_ns, st.lost)
+        for p in self.profiled.values():
+            if p.pid not in cpu_by_pid:
+                self.metrics.empty_windows.labels("cpu").inc()
+        if mem_window is not None:
+            self._mem_profiles(mem_window, start_ns, end_ns)
+        self._release_exited()
+        self.last_window_mono = time.monotonic()
+        self.metrics.last_window.set(time.time())
+        self.metrics.window_build.observe(self.last_window_mono - built)
+
+    def _cpu_profile(self, p: Profiled, samples: list[RawSample], start_ns: int, end_ns: int,
+                     lost: int) -> None:
+        if not p.exited:
+            try:
+                p.symbolizer.refresh()  # libraries loaded since: what is loaded stays
+            except SymbolizerError:
+                pass
+        assert self.cpu is not None
+        builder = ProfileBuilder({p.pid: p.symbolizer}, self.kernel,
+                                 {p.pid: p.candidate.target.comm})
+        comments = [f"goprof {__version__} agent cpu: {self.opts.frequency} Hz cpu-clock, "
+                    f"window {self.opts.window_s:g} s, {p.candidate.target.label}",
+                    f"host window: lost samples {lost}"]
+        profile = builder.build_cpu(samples, self.cpu.period_ns, start_ns, end_ns - start_ns,
+                                    comments)
+        count = sum(s.count for s in samples)
+        self.metrics.samples.labels("cpu").inc(count)
+        self.metrics.unnamed.labels("cpu").inc(builder.stats.unnamed_frames)
+        self.metrics.truncated.labels("cpu").inc(builder.stats.cut_stacks)
+        self._submit("cpu", p, profile, start_ns, end_ns,
+                     {"sample_rate": str(self.opts.frequency)})
+
+    def _mem_profiles(self, window, start_ns: int, end_ns: int) -> None:
+        st = window.stats
+        self.metrics.lost.labels("mem").inc(st.lost)
+        self.metrics.collisions.labels("mem").inc(st.collisions)
+        self.metrics.truncated.labels("mem").inc(st.truncated)
+        by_pid: dict[int, list[AllocSample]] = defaultdict(list)
+        for s in window.samples:
+            by_pid[s.pid].append(s)
+        # The kernel's exact span totals are per host, not per process: they can scale
+        # the estimates only when one process used the span method.
+        span_pids = [p.pid for p in self.profiled.values() if p.mem and p.mem.method == "span"]
+        for p in self.profiled.values():
+            if p.mem is None:
+                continue
+            samples = by_pid.get(p.pid)
+            if not samples:
+                self.metrics.empty_windows.labels("mem").inc()
+                continue
+            builder = ProfileBuilder({p.pid: p.symbolizer}, None,
+                                     {p.pid: p.candidate.target.comm})
+            alloc = AllocProfileBuilder(builder, {p.pid: p.mem})
+            comments = [f"goprof {__version__} agent mem: method {p.mem.method}, rate "
+                        f"{p.mem.rate} bytes, window {self.opts.window_s:g} s, "
+                        f"{p.candidate.target.label}"]
+            profile = alloc.build(samples, st, start_ns, end_ns - start_ns, comments,
+                                  normalize_span=span_pids == [p.pid])
+            self.metrics.samples.labels("mem").inc(sum(s.events for s in samples))
+            self.metrics.unnamed.labels("mem").inc(builder.stats.unnamed_frames)
+            self._submit("mem", p, profile, start_ns, end_ns, {"method": p.mem.method})
+
+    def _submit(self, kind: str, p: Profiled, profile: Profile, start_ns: int, end_ns: int,
+                extra: dict[str, str]) -> None:
+        buf = io.BytesIO()
+        pprof.EXPORTER.write(profile, buf)
+        self._sequence += 1
+        window = WindowProfile(kind, dict(p.labels), start_ns, end_ns, buf.getvalue(),
+                               self._sequence, extra)
+        self.metrics.windows.labels(kind).inc()
+        for d in self.deliveries:
+            d.submit(window)

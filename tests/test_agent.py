@@ -1,0 +1,396 @@
+"""goprof agent, end to end: real BPF, real Go programs, in-test Parca and Pyroscope
+servers that apply their documented validation, and the agent as users run it (a
+process, stopped by SIGTERM or killed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+import requests
+from goprof.bpf import syscalls
+
+from tests import gobuild
+from tests.conftest import requires_root
+from tests.helpers import go_tool_pprof, goprof_command, read_pprof, wait_ready
+from tests.parca_server import ParcaServer
+from tests.pyroscope_server import PyroscopeServer
+
+pytestmark = requires_root
+
+WINDOW = "1s"
+# cpusplit, by construction: gamma's loop is main.mix inlined into it.
+TRUTH = {"main.alpha": 20.0, "main.beta": 30.0, "gamma+mix": 50.0}
+LABELS = {"service_name", "pid", "comm", "executable", "build_id", "go_version", "hostname"}
+AGENT_PROGRAMS = {"on_cpu_sample", "on_sampled_alloc", "on_malloc", "on_refill",
+                  "on_alloc_large"}
+
+
+class Agent:
+    """`goprof agent` as a process; its JSON log lines collected as they come."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*goprof_command(), "agent", "--log-format", "json", "--window", WINDOW,
+             "--metrics-addr", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.raw.append(line)
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def wait_log(self, msg: str, timeout: float = 20.0, **fields) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for doc in list(self.lines):
+                if doc.get("msg") == msg and all(doc.get(k) == v for k, v in fields.items()):
+                    return doc
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no log line {msg!r} {fields} in:\n{''.join(self.raw)}")
+
+    def logged(self, msg: str) -> list[dict]:
+        return [d for d in self.lines if d.get("msg") == msg]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.wait_log("metrics served")["url"]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as systemd and Kubernetes stop it; its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Its exit code once it ends by itself (--duration)."""
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+    def summary(self) -> dict:
+        return self.wait_log("agent stopped", timeout=1)
+
+
+def start_target(binary: gobuild.GoBinary, *args: str) -> subprocess.Popen:
+    p = subprocess.Popen([str(binary.path), *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    wait_ready(p)
+    return p
+
+
+def stop_target(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        p.wait(10)
+
+
+def metric_values(url: str) -> dict[str, float]:
+    """name{labels} -> value of every sample on the page."""
+    text = requests.get(url, timeout=5).text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+def flat_split(profiles) -> dict[str, float]:
+    flat: Counter[str] = Counter()
+    for prof in profiles:
+        strings = prof.string_table
+        funcs = {f.id: strings[f.name] for f in prof.function}
+        locs = {loc.id: loc for loc in prof.location}
+        for s in prof.sample:
+            if s.location_id and locs[s.location_id[0]].line:
+                flat[funcs[locs[s.location_id[0]].line[0].function_id]] += s.value[0]
+    total = sum(flat.values())
+    shares = {k: 100.0 * v / total for k, v in flat.items()}
+    shares["gamma+mix"] = shares.get("main.gamma", 0.0) + shares.get("main.mix", 0.0)
+    return shares
+
+
+def agent_programs() -> list[str]:
+    return [p.name for p in syscalls.loaded_programs() if p.name in AGENT_PROGRAMS]
+
+
+@pytest.fixture(scope="module")
+def cpusplit_stripped_pie() -> gobuild.GoBinary:
+    return gobuild.build("cpusplit", "go1.27", "pie")  # "pie" is stripped too
+
+
+@pytest.fixture(scope="module")
+def cpusplit() -> gobuild.GoBinary:
+    return gobuild.build("cpusplit", "go1.26", "stripped")
+
+
+def test_every_window_of_every_target_reaches_parca_pyroscope_and_a_directory(
+        tmp_path: Path, cpusplit, cpusplit_stripped_pie) -> None:
+    targets = [start_target(cpusplit), start_target(cpusplit_stripped_pie)]
+    pids = {str(t.pid) for t in targets}
+    out = tmp_path / "profiles"
+    out.mkdir()
+    try:
+        with ParcaServer() as parca, PyroscopeServer() as pyro:
+            agent = Agent("--exe", "cpusplit", "--parca", parca.url, "--insecure",
+                          "--pyroscope", pyro.url, "--output-dir", str(out),
+                          "--spool-dir", str(tmp_path / "spool"), "--service-name", "split",
+                          "--duration", "5s")
+            for pid in pids:
+                agent.wait_log("process picked up", pid=int(pid))
+            metrics = metric_values(agent.metrics_url)
+            health = requests.get(agent.metrics_url.replace("/metrics", "/healthz"), timeout=5)
+            assert agent.wait() == 0, "".join(agent.raw)
+            parca_got = parca.received
+            pyro_got = pyro.received
+    finally:
+        for t in targets:
+            stop_target(t)
+    assert health.status_code == 200
+    assert metrics and all(k.startswith("goprof_") for k in metrics), list(metrics)[:20]
+    assert parca.rejected == []
+    summary = agent.summary()
+    windows = summary["windows"]
+    assert windows >= 2 * 4, summary  # two targets, five 1 s windows (the first may be short)
+    assert summary["parca_delivered"] == windows
+    assert summary["pyroscope_delivered"] == windows
+    assert summary["dir_delivered"] == windows
+    assert len(parca_got) == len(pyro_got) == windows
+    files = sorted(out.iterdir())
+    assert len(files) == windows
+
+    by_pid = defaultdict(list)
+    for r in parca_got:
+        assert r.labels["__name__"] == "process_cpu"
+        assert LABELS <= set(r.labels), r.labels
+        assert r.labels["service_name"] == "split"
+        assert r.labels["go_version"].startswith("go1.2")
+        by_pid[r.labels["pid"]].append(r.profile)
+    assert set(by_pid) == pids
+    for pid, profiles in by_pid.items():
+        starts = [p.time_nanos for p in profiles]
+        assert starts == sorted(starts) and len(set(starts)) == len(starts)  # in order, no gaps
+        for a, b in zip(profiles, profiles[1:], strict=False):
+            assert a.time_nanos + a.duration_nanos == b.time_nanos, "windows must touch"
+        split = flat_split(profiles)
+        for fn, want in TRUTH.items():
+            assert abs(split.get(fn, 0.0) - want) < 6.0, (pid, split)
+    for r in pyro_got:
+        assert r.service == "split" and r.labels["pid"] in pids
+        assert r.from_ <= r.until
+    # go tool pprof reads what the directory holds.
+    assert "main.alpha" in go_tool_pprof("-top", str(files[-1]))
+
+
+def test_allocations_arrive_as_memory_profiles(tmp_path: Path) -> None:
+    binary = gobuild.build("allocsplit", "go1.26", "normal")
+    target = subprocess.Popen([str(binary.path), "-duration", "30s"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wait_ready(target)
+    try:
+        with ParcaServer() as parca, PyroscopeServer() as pyro:
+            agent = Agent("--pid", str(target.pid), "--mem", "--parca", parca.url,
+                          "--insecure", "--pyroscope", pyro.url,
+                          "--spool-dir", str(tmp_path / "spool"), "--duration", "4s")
+            picked = agent.wait_log("process picked up", pid=target.pid)
+            assert agent.wait() == 0, "".join(agent.raw)
+            parca_got, pyro_got = parca.received, pyro.received
+    finally:
+        stop_target(target)
+    assert picked["mem_method"] == "span"
+    mem = [r for r in parca_got if r.labels["__name__"] == "memory"]
+    assert len(mem) >= 3, [r.labels["__name__"] for r in parca_got]
+    types = [mem[0].profile.string_table[t.type] for t in mem[0].profile.sample_type]
+    assert types == ["alloc_objects", "alloc_space"]
+    names = {mem[0].profile.string_table[f.name] for p in mem for f in p.profile.function}
+    assert any(n.startswith("main.") for n in names), names
+    pyro_mem = [r for r in pyro_got if r.labels.get("__delta__") == "false"]
+    assert len(pyro_mem) == len(mem)
+
+
+def test_sink_down_at_start_then_up_gets_every_window_in_order(tmp_path: Path, cpusplit
+                                                                ) -> None:
+    parca = ParcaServer().start()
+    url = parca.url
+    parca.stop()  # the port is known, nothing listens: Parca is down
+    target = start_target(cpusplit)
+    try:
+        agent = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
+                      "--spool-dir", str(tmp_path / "spool"), "--duration", "7s")
+        agent.wait_log("process picked up", pid=target.pid)
+        time.sleep(3.5)  # three windows while Parca is down
+        spooled = list((tmp_path / "spool" / "parca").glob("*.window"))
+        parca.start()
+        assert agent.wait() == 0, "".join(agent.raw)
+        got = parca.received
+        parca.stop()
+    finally:
+        stop_target(target)
+    assert len(spooled) >= 2, "windows must wait on disk while Parca is down"
+    summary = agent.summary()
+    assert summary["parca_dropped"] == 0
+    assert len(got) == summary["windows"] == summary["parca_delivered"]
+    starts = [r.profile.time_nanos for r in got]
+    assert starts == sorted(starts)
+    assert list((tmp_path / "spool" / "parca").glob("*.window")) == []
+    assert any("down" in d.get("msg", "") for d in agent.lines), "the outage is logged"
+
+
+def test_spooled_windows_survive_an_agent_restart_in_order(tmp_path: Path, cpusplit) -> None:
+    parca = ParcaServer().start()
+    url = parca.url
+    parca.stop()
+    spool = tmp_path / "spool"
+    target = start_target(cpusplit)
+    try:
+        first = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
+                      "--spool-dir", str(spool), "--duration", "3s")
+        assert first.wait() == 0, "".join(first.raw)
+        left = sorted((spool / "parca").glob("*.window"))
+        assert len(left) == first.summary()["windows"] >= 2
+        parca.start()
+        second = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
+                       "--spool-dir", str(spool), "--duration", "3s")
+        assert second.wait() == 0, "".join(second.raw)
+        got = parca.received
+        parca.stop()
+    finally:
+        stop_target(target)
+    total = first.summary()["windows"] + second.summary()["windows"]
+    assert len(got) == total
+    starts = [r.profile.time_nanos for r in got]
+    assert starts == sorted(starts), "the first run's windows come first, in order"
+
+
+def test_a_full_spool_drops_counted_and_the_agent_keeps_going(tmp_path: Path, cpusplit
+                                                                ) -> None:
+    parca = ParcaServer().start()
+    url = parca.url
+    parca.stop()
+    target = start_target(cpusplit)
+    try:
+        agent = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
+                      "--spool-dir", str(tmp_path / "spool"), "--spool-size", "3K",
+                      "--queue-size", "1", "--duration", "5s")
+        agent.wait_log("process picked up", pid=target.pid)
+        time.sleep(3)
+        metrics = metric_values(agent.metrics_url)
+        assert agent.wait() == 0, "".join(agent.raw)
+    finally:
+        stop_target(target)
+    summary = agent.summary()
+    assert summary["parca_dropped"] > 0, summary
+    assert metrics['goprof_windows_dropped_total{sink="parca"}'] > 0
+    assert summary["windows"] >= 4, "profiling went on while the sink was down"
+
+
+def test_thirty_short_lived_processes_are_profiled_and_let_go(tmp_path: Path, cpusplit
+                                                             ) -> None:
+    out = tmp_path / "profiles"
+    out.mkdir()
+    agent = Agent("--exe", "cpusplit", "--output-dir", str(out), "--kernel")
+    try:
+        url = agent.metrics_url
+        agent.wait_log("agent started")
+        fds_before = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+        pids = []
+        for _ in range(6):  # 6 batches of 5, each living 2.5 s
+            batch = [subprocess.Popen([str(cpusplit.path), "-duration", "2.5s"],
+                                      stdout=subprocess.DEVNULL) for _ in range(5)]
+            pids += [p.pid for p in batch]
+            for p in batch:
+                p.wait(20)
+        for pid in pids:
+            agent.wait_log("process let go", pid=pid, timeout=10)
+        time.sleep(1.5)
+        metrics = metric_values(url)
+        fds_after = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+        assert agent.stop() == 0, "".join(agent.raw)
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+    profiled = {f.name.split("-")[1] for f in out.iterdir()}
+    assert {str(p) for p in pids} <= profiled, "every process got at least one profile"
+    assert metrics["goprof_processes_profiled"] == 0
+    assert metrics["goprof_processes_let_go_total"] == 30
+    assert metrics["goprof_symbolizer_cache_binaries"] <= 1  # only the vDSO may stay
+    assert fds_after <= fds_before + 1, (fds_before, fds_after)
+
+
+def test_kill_9_leaves_nothing_attached(tmp_path: Path, cpusplit) -> None:
+    assert agent_programs() == [], "another agent is still loaded"
+    target = start_target(cpusplit)
+    try:
+        agent = Agent("--pid", str(target.pid), "--mem", "--output-dir", str(tmp_path))
+        agent.wait_log("process picked up", pid=target.pid)
+        assert "on_cpu_sample" in agent_programs()
+        agent.proc.kill()
+        agent.proc.wait(10)
+        deadline = time.monotonic() + 5
+        while agent_programs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert agent_programs() == []
+        assert target.poll() is None, "the target keeps running"
+    finally:
+        stop_target(target)
+
+
+@pytest.mark.parametrize(("args", "config", "says"), [
+    ([], None, "nowhere to send profiles"),
+    (["--config", "{cfg}"], "parca: [unclosed\n", "not valid YAML"),
+    (["--config", "{cfg}"], "outptu-dir: /tmp\n", "unknown setting 'outptu-dir'"),
+    (["--config", "{cfg}"], "window: [1, 2]\n", "window"),
+    (["--output-dir", "{file}/sub"], None, "--output-dir"),
+    (["--output-dir", "{tmp}", "--window", "soon"], None, "--window 'soon'"),
+    (["--output-dir", "{tmp}", "--output-template", "{{nope}}.pb.gz"], None, "{nope}"),
+    (["--parca", "http://[bad"], None, "parca"),
+    (["--output-dir", "{tmp}", "--metrics-addr", "nowhere"], None, "--metrics-addr"),
+])
+def test_bad_settings_give_one_line_and_exit_2(tmp_path: Path, args, config, says) -> None:
+    cfg = tmp_path / "agent.yaml"
+    if config is not None:
+        cfg.write_text(config)
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(cfg=cfg, file=tmp_path / "file", tmp=tmp_path) for a in args]
+    res = subprocess.run([*goprof_command(), "agent", *argv, "--duration", "1s",
+                          "--spool-dir", str(tmp_path / "spool")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert says in " ".join(res.stderr.split()), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_config_file_settings_apply_and_flags_override_them(tmp_path: Path, cpusplit) -> None:
+    out = tmp_path / "profiles"
+    out.mkdir()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"output-dir: {out}\nexe: [cpusplit]\nwindow: 5s\n"
+                   "output-template: '{kind}-{pid}-{time}.pb.gz'\n")
+    target = start_target(cpusplit)
+    try:
+        agent = Agent("--config", str(cfg), "--duration", "3s")  # --window 1s overrides 5s
+        assert agent.wait() == 0, "".join(agent.raw)
+    finally:
+        stop_target(target)
+    files = [f.name for f in out.iterdir()]
+    assert len(files) >= 2 and all(f.startswith(f"cpu-{target.pid}-") for f in files), files
+    assert read_pprof(out / files[0]).duration_nanos <= 1.5e9
