@@ -10,7 +10,6 @@ namespace), else through /proc/PID/root.
 from __future__ import annotations
 
 import os
-import tempfile
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -109,6 +108,8 @@ class ProcessSymbolizer:
             # empty. Its code did not go away: keep what it had mapped.
             return
         mapped.sort(key=lambda m: m.mapping.start)
+        if [id(m) for m in mapped] == [id(m) for m in self._mapped]:
+            return  # nothing mapped or unmapped: the named addresses stay valid
         self._mapped = mapped
         self._starts = [m.mapping.start for m in mapped]
         self.mappings = [m.mapping for m in mapped]
@@ -121,10 +122,7 @@ class ProcessSymbolizer:
             with open(self._proc("mem"), "rb") as mem:
                 mem.seek(entry.start)
                 image = mem.read(min(entry.end - entry.start, VDSO_MAX_BYTES))
-            with tempfile.NamedTemporaryFile(prefix="goprof-vdso-", suffix=".so") as f:
-                f.write(image)
-                f.flush()
-                binary = self.cache.get(f.name)
+            binary = self.cache.get_image(image, "goprof-vdso-")
         except (OSError, SymbolizerError) as e:
             self.errors.append(f"[vdso] at {entry.start:#x}: {e}")
         mapping = Mapping(entry.start, entry.end, entry.offset, "[vdso]",

@@ -394,3 +394,58 @@ def test_config_file_settings_apply_and_flags_override_them(tmp_path: Path, cpus
     files = [f.name for f in out.iterdir()]
     assert len(files) >= 2 and all(f.startswith(f"cpu-{target.pid}-") for f in files), files
     assert read_pprof(out / files[0]).duration_nanos <= 1.5e9
+
+
+def test_cpu_exe_with_a_pid_template_writes_one_file_per_process(tmp_path: Path, cpusplit
+                                                                  ) -> None:
+    targets = [start_target(cpusplit), start_target(cpusplit)]
+    try:
+        res = subprocess.run([*goprof_command(), "cpu", "--exe", "cpusplit", "-d", "1s",
+                              "-o", str(tmp_path / "{exe}-{pid}-{time}.{kind}.pb.gz")],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        for t in targets:
+            stop_target(t)
+    assert res.returncode == 0, res.stderr
+    files = sorted(f.name for f in tmp_path.iterdir())
+    assert [f.split("-")[:2] for f in files] == [["cpusplit", str(t.pid)] for t in targets]
+    for f in files:
+        assert f.endswith(".cpu.pb.gz")
+        prof = read_pprof(tmp_path / f)
+        pid = f.split("-")[1]
+        labels = {prof.string_table[lab.str] for s in prof.sample for lab in s.label
+                  if prof.string_table[lab.key] == "pid"}
+        assert labels == {pid}, "each file holds its own process only"
+
+
+def test_exe_that_nothing_runs_is_a_clear_error(tmp_path: Path) -> None:
+    res = subprocess.run([*goprof_command(), "cpu", "--exe", "no-such-program-xyz", "-d", "1s"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "no running process runs that executable" in " ".join(res.stderr.split())
+
+
+def test_a_non_go_process_is_skipped_unless_asked_for_by_pid(tmp_path: Path) -> None:
+    exe = tmp_path / "spin"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(gobuild.FIXTURES / "spin" / "spin.c")],
+                   check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    spin = subprocess.Popen([str(exe), "30"])
+    try:
+        everything = Agent("--comm", "spin", "--output-dir", str(out), "--duration", "2s",
+                           "--spool-dir", str(tmp_path / "spool"))
+        assert everything.wait() == 0, "".join(everything.raw)
+        assert not everything.logged("process picked up")
+        asked = Agent("--pid", str(spin.pid), "--mem", "--output-dir", str(out),
+                      "--duration", "3s")
+        picked = asked.wait_log("process picked up", pid=spin.pid)
+        assert asked.wait() == 0, "".join(asked.raw)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert "go_version" not in picked or not picked["go_version"]
+    assert asked.logged("no allocation profile for this process (CPU only)")
+    files = list(out.iterdir())
+    assert files, "the process asked for by pid is profiled for CPU"
+    assert "spin_burn" in go_tool_pprof("-top", str(files[0]))

@@ -27,9 +27,12 @@ class GoBinaryInfo:
     build_id: str  # GNU build id, else Go's ("" when neither)
 
 
+NOT_GO = GoBinaryInfo(go_version="", build_id="")
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """A Go process the filters accept."""
+    """A process the filters accept: a Go program, or one asked for by --pid."""
 
     target: Target
     start_ticks: int  # /proc/PID/stat starttime: tells a reused pid apart
@@ -163,7 +166,11 @@ class Discovery:
         if not self.filter.matches(target, cgroup):
             return None
         looked = self.binaries.lookup(pid)
-        if looked is None or looked[1] is None:
+        if looked is None:
             return None
         key, info = looked
+        if info is None:
+            if pid not in self.filter.pids:
+                return None  # not a Go program: skipped unless asked for by pid
+            info = NOT_GO  # asked for: CPU profiles work for any program
         return Candidate(target, ticks, info, key, cgroup)

@@ -1,0 +1,208 @@
+"""What `goprof agent` costs the host, and how fast it delivers.
+
+For 1, 50 and 200 Go processes, idle (waiting on a signal) and busy (burning CPU),
+runs the agent with a Parca sink (the in-test server on 127.0.0.1) and a directory
+sink for --seconds, and reads from /proc: the agent's CPU time over the steady part
+of the run (after its first window) as a share of one core, and its peak RSS
+(VmHWM). Push latency (a window's end to its delivery) comes from the agent's own
+goprof_push_latency_seconds histogram. Then the spool: windows written while a sink
+is down, and replayed to Parca once it is back, per second.
+
+    sudo .venv/bin/python bench/agent_overhead.py [--seconds 40] [--counts 1,50,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from goprof.agent.delivery import Delivery  # noqa: E402
+from goprof.exporters import pprof  # noqa: E402
+from goprof.exporters.parca import ParcaSink  # noqa: E402
+from goprof.exporters.sink import WindowProfile  # noqa: E402
+from goprof.model import Frame, Location, Mapping, Profile, Sample, ValueType  # noqa: E402
+
+from tests import gobuild  # noqa: E402
+from tests.helpers import goprof_command  # noqa: E402
+from tests.parca_server import ParcaServer  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_targets(n: int, busy: bool) -> list[subprocess.Popen]:
+    if busy:
+        binary = gobuild.build("cpusplit", "go1.26", "stripped")
+        argv = [str(binary.path)]
+    else:  # allocsplit -wait: prints ready, then waits for SIGUSR1 (idle Go runtime)
+        binary = gobuild.build("allocsplit", "go1.26", "stripped")
+        argv = [str(binary.path), "-wait"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(n)]
+    time.sleep(1 + n / 100)
+    return procs
+
+
+def histogram(metrics: str, name: str) -> tuple[float, float, float]:
+    """(count, sum, smallest bucket bound holding every observation)."""
+    count = total = 0.0
+    buckets = []
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}_count"):
+            count = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le),
+                            float(line.rsplit(" ", 1)[1])))
+    bound = next((le for le, c in sorted(buckets) if count and c >= count), 0.0)
+    return count, total, bound
+
+
+def run_agent(n: int, busy: bool, seconds: float, window: str) -> dict:
+    targets = start_targets(n, busy)
+    exe = "cpusplit" if busy else "allocsplit"
+    with tempfile.TemporaryDirectory() as tmp, ParcaServer() as parca:
+        agent = subprocess.Popen(
+            [*goprof_command(), "agent", "--exe", exe, "--window", window,
+             "--parca", parca.url, "--insecure", "--output-dir", f"{tmp}/out",
+             "--spool-dir", f"{tmp}/spool", "--metrics-addr", "127.0.0.1:0",
+             "--log-format", "json", "--no-kernel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        os.makedirs(f"{tmp}/out", exist_ok=True)
+        url = ""
+        assert agent.stderr is not None
+        for line in agent.stderr:
+            doc = json.loads(line)
+            if doc.get("msg") == "metrics served":
+                url = doc["url"]
+            if doc.get("msg") == "agent started":
+                break
+        # Keep reading its log: a full pipe would block the agent on its next line.
+        threading.Thread(target=agent.stderr.read, daemon=True).start()
+        window_s = float(window.rstrip("s"))
+        time.sleep(window_s + 1)  # picked up, first window closed: steady state from here
+        cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
+        metrics = requests.get(url, timeout=10).text
+        rss = peak_rss_mb(agent.pid)
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=60)
+        received = len(parca.received)
+    for t in targets:
+        t.kill()
+        t.wait()
+    count, total, bound = histogram(metrics, "goprof_push_latency_seconds")
+    profiled = next((float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                     if line.startswith("goprof_processes_profiled ")), 0)
+    return {"processes": n, "state": "busy" if busy else "idle", "profiled": profiled,
+            "agent_core_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": rss,
+            "pushes": count, "push_latency_mean_s": total / count if count else None,
+            "push_latency_max_bucket_s": bound, "parca_received": received}
+
+
+def sample_pprof() -> bytes:
+    """A CPU window's pprof of typical size: 40 stacks 12 frames deep in one binary."""
+    mapping = Mapping(0x400000, 0x800000, 0, "/srv/api", build_id="ab" * 20)
+    samples = []
+    for s in range(40):
+        locs = tuple(Location(0x401000 + 16 * (s * 12 + d), mapping,
+                              (Frame(f"main.function{s}_{d}", "/src/api/main.go", 10 + d),))
+                     for d in range(12))
+        samples.append(Sample(locs, (s + 1, (s + 1) * 10_101_010), {"pid": "1"}))
+    profile = Profile([ValueType("samples", "count"), ValueType("cpu", "nanoseconds")],
+                      ValueType("cpu", "nanoseconds"), 10_101_010, samples,
+                      time.time_ns(), 10**10)
+    buf = io.BytesIO()
+    pprof.EXPORTER.write(profile, buf)
+    return buf.getvalue()
+
+
+def spool_rates(windows: int) -> dict:
+    """Windows spooled per second while Parca is down; replayed per second once up."""
+    data = sample_pprof()
+    with tempfile.TemporaryDirectory() as tmp:
+        parca = ParcaServer().start()
+        url = parca.url
+        parca.stop()
+        sink = ParcaSink(url, insecure=True, timeout_s=1)
+        d = Delivery(sink, spool_dir=Path(tmp), queue_size=1, retry_initial_s=0.2,
+                     retry_max_s=0.5)
+        d.start()
+        sample = WindowProfile("cpu", {"service_name": "bench", "pid": "1"}, 0, 1, data)
+        d.submit(sample)
+        time.sleep(1.5)  # the sink is seen down: what follows goes to disk
+        t0 = time.monotonic()
+        for i in range(windows):
+            d.submit(WindowProfile("cpu", {"service_name": "bench", "pid": "1"}, i, i + 1,
+                                   data))
+        write_s = time.monotonic() - t0
+        spooled = d.stats().spooled_windows
+        parca.start()
+        t0 = time.monotonic()
+        d.wait_idle(300)
+        replay_s = time.monotonic() - t0
+        d.close()
+        sink.close()
+        got = len(parca.received)
+        parca.stop()
+    return {"windows": windows, "window_bytes": len(data), "spooled": spooled,
+            "spool_write_per_s": windows / write_s, "replay_per_s": got / replay_s,
+            "replayed": got}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=40)
+    ap.add_argument("--window", default="10s")
+    ap.add_argument("--counts", default="1,50,200")
+    ap.add_argument("--spool-windows", type=int, default=1000)
+    args = ap.parse_args()
+    rows = []
+    for n in [int(c) for c in args.counts.split(",")]:
+        for busy in (False, True):
+            row = run_agent(n, busy, args.seconds, args.window)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(json.dumps({"spool": spool_rates(args.spool_windows)}), flush=True)
+    print("\n| processes | state | agent CPU (% of a core) | peak RSS (MB) | pushes | "
+          "push latency mean / all within |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        mean = r["push_latency_mean_s"]
+        print(f"| {r['processes']} | {r['state']} | {r['agent_core_pct']:.2f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['pushes']:.0f} | "
+              f"{mean if mean is None else f'{mean:.3f}'} s / {r['push_latency_max_bucket_s']} s |")
+
+
+if __name__ == "__main__":
+    main()
