@@ -226,6 +226,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         agent.close()
         for d in deliveries:
             d.close(CLOSE_TIMEOUT_S)
+        for sink, _ in sinks:
+            sink.close()
         if server is not None:
             server.shutdown()
         for sig, handler in old.items():
