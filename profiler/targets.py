@@ -54,14 +54,22 @@ def target_for_pid(pid: int) -> Target:
     return Target(pid, read_comm(pid), exe)
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first), or None when the
+    process is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        return None
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    return stat_fields(pid) is not None
 
 
 def _effective_caps() -> int:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from goprof.agent.kube import CgroupInfo, cgroup_of
 from goprof.symbolizer import SymbolizerError
 from goprof.symbolizer.elffile import ElfImage
 from goprof.symbolizer.goruntime import go_version
 from goprof.symbolizer.notes import build_ids
-from goprof.targets import Target, read_comm
+from goprof.targets import Target, read_comm, stat_fields
 
 FileKey = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -38,7 +39,7 @@ class Candidate:
     start_ticks: int  # /proc/PID/stat starttime: tells a reused pid apart
     binary: GoBinaryInfo
     file_key: FileKey
-    cgroup: str
+    cgroup: CgroupInfo
 
 
 @dataclass
@@ -67,26 +68,8 @@ def exe_matches(exe: str, wanted: str) -> bool:
 
 
 def start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # field 22 of stat, counted after the comm
-
-
-def cgroup_path(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    for line in lines:  # the cgroup v2 line, else the first
-        if line.startswith("0::"):
-            return line[3:]
-    return lines[0].split(":", 2)[-1] if lines else ""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None  # field 22 of stat, counted after the comm
 
 
 class GoBinaries:
@@ -133,7 +116,7 @@ class Discovery:
     def __init__(self, flt: ProcessFilter, binaries: GoBinaries | None = None) -> None:
         self.filter = flt
         self.binaries = binaries or GoBinaries()
-        self._decided: dict[int, int] = {}  # pid -> start ticks, of processes seen
+        self._decided: dict[int, int] = {}  # pid -> start ticks, of the processes running
         self._self = os.getpid()
 
     def scan(self) -> list[Candidate]:
@@ -156,14 +139,19 @@ class Discovery:
             del self._decided[pid]  # gone: a new process with its pid is looked at anew
         return found
 
+    def running(self, pid: int, ticks: int) -> bool:
+        """Whether the process the last scan saw at `pid` is still this one (a reused pid
+        is another process): profiled processes need no /proc reads of their own."""
+        return self._decided.get(pid) == ticks
+
     def _examine(self, pid: int, ticks: int) -> Candidate | None:
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             return None  # kernel thread, or gone
         target = Target(pid, read_comm(pid), exe)
-        cgroup = cgroup_path(pid)
-        if not self.filter.matches(target, cgroup):
+        cgroup = cgroup_of(pid)
+        if cgroup is None or not self.filter.matches(target, cgroup.path):
             return None
         looked = self.binaries.lookup(pid)
         if looked is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from goprof.agent.discovery import Candidate
-from goprof.agent.kube import PodDirectory, parse_cgroup
+from goprof.agent.kube import PodDirectory
 
 SERVICE_NAME_VARIABLES = ("OTEL_SERVICE_NAME", "GOPROF_SERVICE_NAME")
 
@@ -48,9 +48,8 @@ def process_labels(c: Candidate, *, hostname: str, node: str | None,
     }
     if node:
         labels["node"] = node
-    info = parse_cgroup(f"0::{c.cgroup}")
-    if info.container_id:
-        labels["container_id"] = info.container_id
+    if c.cgroup.container_id:
+        labels["container_id"] = c.cgroup.container_id
     if pods is not None:
-        labels.update(pods.labels_for(info))
+        labels.update(pods.labels_for(c.cgroup))
     return {k: v for k, v in labels.items() if v}

@@ -43,7 +43,6 @@ from goprof.symbolizer import (
     ProcessSymbolizer,
     SymbolizerError,
 )
-from goprof.targets import alive
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 
@@ -164,10 +163,11 @@ class Agent:
 
     # -- processes ------------------------------------------------------------------
     def scan(self) -> None:
+        found = self.discovery.scan()
         for p in self.profiled.values():
-            if not p.exited and not alive(p.pid):
+            if not p.exited and not self.discovery.running(p.pid, p.candidate.start_ticks):
                 p.exited = True  # let go once its last window is closed
-        for c in self.discovery.scan():
+        for c in found:
             if c.target.pid not in self.profiled:
                 self._pick_up(c)
 
