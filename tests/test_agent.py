@@ -56,11 +56,16 @@ class Agent:
             except ValueError:
                 pass
 
-    def wait_log(self, msg: str, timeout: float = 20.0, **fields) -> dict:
+    def wait_log(self, msg: str, timeout: float = 20.0, prefix: bool = False,
+                 **fields) -> dict:
+        """The first log line whose msg is msg (starts with it, with prefix=True) and
+        whose fields have these values."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for doc in list(self.lines):
-                if doc.get("msg") == msg and all(doc.get(k) == v for k, v in fields.items()):
+                text = doc.get("msg", "")
+                if ((text.startswith(msg) if prefix else text == msg)
+                        and all(doc.get(k) == v for k, v in fields.items())):
                     return doc
             if self.proc.poll() is not None and not self._reader.is_alive():
                 break
@@ -235,12 +240,16 @@ def test_sink_down_at_start_then_up_gets_every_window_in_order(tmp_path: Path, c
     target = start_target(cpusplit)
     try:
         agent = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
-                      "--spool-dir", str(tmp_path / "spool"), "--duration", "7s")
+                      "--spool-dir", str(tmp_path / "spool"))
         agent.wait_log("process picked up", pid=target.pid)
         time.sleep(3.5)  # three windows while Parca is down
         spooled = list((tmp_path / "spool" / "parca").glob("*.window"))
         parca.start()
-        assert agent.wait() == 0, "".join(agent.raw)
+        # The agent retries with backoff (1 s doubling, jittered) and grpc's reconnect
+        # backoff adds up to 5 s more: wait for it to notice, not a fixed time.
+        agent.wait_log("sink parca back", timeout=40, prefix=True)
+        time.sleep(1.5)  # one more window delivered from memory, after the spooled ones
+        assert agent.stop() == 0, "".join(agent.raw)
         got = parca.received
         parca.stop()
     finally:
