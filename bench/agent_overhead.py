@@ -90,6 +90,10 @@ def histogram(metrics: str, name: str) -> tuple[float, float, float]:
 def run_agent(n: int, busy: bool, seconds: float, window: str) -> dict:
     targets = start_targets(n, busy)
     exe = "cpusplit" if busy else "allocsplit"
+    # The in-test Parca server (threads of this process, started below) runs at the
+    # agent's priority too: starved by the targets, it answered slowly and the push
+    # latency measured it, not the agent. (Nice is per thread; new threads inherit it.)
+    os.setpriority(os.PRIO_PROCESS, 0, -10)
     with tempfile.TemporaryDirectory() as tmp, ParcaServer() as parca:
         # At nice -10: with every core saturated by the targets, an agent at the default
         # priority gets only its fair share (2 cores / 51 runnable tasks = 3.9 %), and
@@ -121,6 +125,7 @@ def run_agent(n: int, busy: bool, seconds: float, window: str) -> dict:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=60)
         received = len(parca.received)
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
     for t in targets:
         t.kill()
         t.wait()
@@ -158,8 +163,7 @@ def spool_rates(windows: int) -> dict:
         url = parca.url
         parca.stop()
         sink = ParcaSink(url, insecure=True, timeout_s=1)
-        d = Delivery(sink, spool_dir=Path(tmp), queue_size=1, retry_initial_s=0.2,
-                     retry_max_s=0.5)
+        d = Delivery(sink, spool_dir=Path(tmp), retry_initial_s=0.2, retry_max_s=0.5)
         d.start()
         sample = WindowProfile("cpu", {"service_name": "bench", "pid": "1"}, 0, 1, data)
         d.submit(sample)
@@ -168,6 +172,10 @@ def spool_rates(windows: int) -> dict:
         for i in range(windows):
             d.submit(WindowProfile("cpu", {"service_name": "bench", "pid": "1"}, i, i + 1,
                                    data))
+        submit_s = time.monotonic() - t0
+        # The delivery thread writes them to disk (the profiling thread only queues).
+        while d.stats().queued and time.monotonic() - t0 < 300:
+            time.sleep(0.001)
         write_s = time.monotonic() - t0
         spooled = d.stats().spooled_windows
         parca.start()
@@ -179,7 +187,8 @@ def spool_rates(windows: int) -> dict:
         got = len(parca.received)
         parca.stop()
     return {"windows": windows, "window_bytes": len(data), "spooled": spooled,
-            "spool_write_per_s": windows / write_s, "replay_per_s": got / replay_s,
+            "submit_per_s": windows / submit_s, "spool_write_per_s": windows / write_s,
+            "replay_per_s": got / replay_s,
             "replayed": got}
 
 

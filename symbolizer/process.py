@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from goprof.model import Location, Mapping
@@ -149,6 +150,14 @@ class ProcessSymbolizer:
                           build_id=binary.build_id if binary else "",
                           symbolized=binary is not None)
         return _Mapped(mapping, binary)
+
+    def covers(self, addresses: Iterable[int]) -> bool:
+        """Whether every address lies in a mapping the last refresh read: when one
+        does not, something was mapped since (a library loaded) and a refresh is due."""
+        for addr in addresses:
+            if addr not in self._locations and self._find(addr) is None:
+                return False
+        return True
 
     def _find(self, addr: int) -> tuple[_Mapped, int | None] | None:
         """The mapping holding addr and the ELF virtual address it stands for."""

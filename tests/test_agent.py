@@ -458,3 +458,25 @@ def test_a_non_go_process_is_skipped_unless_asked_for_by_pid(tmp_path: Path) -> 
     files = list(out.iterdir())
     assert files, "the process asked for by pid is profiled for CPU"
     assert "spin_burn" in go_tool_pprof("-top", str(files[0]))
+
+
+def test_a_wrapper_that_execs_a_go_program_is_picked_up(tmp_path: Path, cpusplit) -> None:
+    # An entrypoint script that sets things up, then `exec`s the service: the agent sees
+    # a shell at that pid first, and the Go program later at the same pid.
+    out = tmp_path / "out"
+    out.mkdir()
+    agent = Agent("--output-dir", str(out), "--spool-dir", str(tmp_path / "spool"))
+    try:
+        agent.wait_log("agent started")
+        wrapper = subprocess.Popen(["/bin/sh", "-c", f"sleep 2.5; exec {cpusplit.path}"],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            picked = agent.wait_log("process picked up", pid=wrapper.pid, timeout=15)
+            wait_ready(wrapper)
+            time.sleep(1.5)
+        finally:
+            stop_target(wrapper)
+    finally:
+        assert agent.stop() == 0, "".join(agent.raw)
+    assert picked["exe"] == str(cpusplit.path)
+    assert any(f.name.startswith(f"cpusplit-{wrapper.pid}-") for f in out.iterdir())

@@ -109,6 +109,8 @@ def test_down_then_up_spools_and_delivers_in_order(tmp_path, caplog):
     go_down(d, sink)
     for i in range(2, 11):
         d.submit(win(i))
+    # The worker writes them to disk (submit only queues them in memory).
+    assert until(lambda: d.stats().spooled_windows == 10)
     files = spool_files(tmp_path)
     assert files == [f"{i:020d}.window" for i in range(1, 11)]
     s = d.stats()
@@ -190,6 +192,7 @@ def test_spool_full_drops_new_windows_and_recovers(tmp_path, caplog):
     assert until(lambda: not d.stats().up)
     for i in range(2, 21):
         d.submit(win(i, 1000))
+    assert until(lambda: d.stats().queued == 0)  # all written or dropped by the worker
     s = d.stats()
     assert s.spooled_windows == 5 and s.spooled_bytes <= 5 * size
     assert s.dropped == 15
@@ -222,21 +225,27 @@ def test_memory_only_queue_full_drops_new_windows():
     assert sink.got == [1, 2, 3, 4]
 
 
-def test_unwritable_spool_drops_and_counts(tmp_path):
+def test_unwritable_spool_keeps_windows_in_memory_then_drops_counted(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     sink = FakeSink()
-    d = Delivery(sink, spool_dir=not_a_dir, **FAST)
+    d = Delivery(sink, spool_dir=not_a_dir, queue_size=3,
+                 retry_initial_s=0.005, retry_max_s=60)  # the spool is not retried
     d.start()
     go_down(d, sink)
+    assert until(lambda: any("cannot write to the spool" in r.message
+                             for r in caplog.records))
     for i in range(2, 6):
         d.submit(win(i))  # never raises
-    assert until(lambda: d.stats().dropped == 5)
+    s = d.stats()
+    assert (s.queued, s.dropped, s.spooled_windows) == (3, 2, 0)  # memory holds 1..3
     sink.up = True
+    assert until(lambda: sink.got == [1, 2, 3]), sink.got  # the worker kept probing
     d.submit(win(6))
     assert d.wait_idle(5)
     d.close()
-    assert sink.got == [6]
+    assert sink.got == [1, 2, 3, 6] and d.stats().dropped == 2
 
 
 def test_corrupt_spool_file_is_dropped_others_delivered(tmp_path, caplog):

@@ -23,12 +23,12 @@ DEFAULTS: dict[str, Any] = {
     "pyroscope_token_file": None, "tenant_id": None,
     "output_dir": None, "output_template": "{exe}-{pid}-{time}.{kind}.pb.gz",
     "retain": None, "retain_size": None,
-    "spool_dir": "/var/lib/goprof/spool", "spool_size": "1G", "queue_size": 16,
+    "spool_dir": "/var/lib/goprof/spool", "spool_size": "1G", "queue_size": "64M",
     "metrics_addr": "127.0.0.1:7471", "log_format": "text", "duration": None,
 }
 LISTS = {"pid", "exe", "comm", "cgroup"}
 BOOLS = {"kernel", "mem", "insecure"}
-INTS = {"frequency", "queue_size"}
+INTS = {"frequency"}
 
 
 def read_config(path: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Reliable, ordered, non-blocking delivery of windows to one remote sink.
 
 The profiler thread calls `Delivery.submit(window)`; one daemon worker thread sends
-windows to the sink. submit never touches the network (it may write a spool file).
+windows to the sink. submit never touches the network, and touches the disk only when
+memory is full (the worker stuck in a send for long).
 
 Design
 ------
@@ -10,25 +11,27 @@ also its spool file's name, `{spool_dir}/{sink.name}/{seq:020d}.window`. Pending
 windows live in one of three places:
 
 * the spool (files on disk, indexed in memory, ordered by seq),
-* the memory queue (a deque, at most `queue_size` windows),
-* "in flight": the memory head the worker popped and is sending right now.
+* the memory queue (a deque, at most `queue_bytes` of profiles and, when given,
+  `queue_size` windows: a host with 200 processes makes 200 windows at once),
+* "in flight": the memory head the worker popped and is sending right now, or the
+  memory the worker took to write to the spool ("spilling").
 
 Invariant: every spooled window is older than every window in memory, and the
-in-flight window is older than both. The memory queue is therefore only used while
-the spool is empty; as soon as anything must go to disk, memory goes there first:
+in-flight window is older than both. Memory only ever goes to the spool whole, from
+its head, so the invariant holds by construction:
 
-* submit: when the sink is down, or the spool is non-empty, or memory is full (or
-  Delivery is closing), memory is flushed to the spool and the window is appended to
-  the spool; otherwise it is appended to memory. (One exception: down with nothing
-  pending at all, because the spool dropped what failed, the window goes to memory,
-  so that the worker has something to probe the sink with.)
-* worker: sends the spool's oldest file if there is one, else memory's head.
-  Success: the window is removed (its file unlinked). SinkRejected: removed, counted
-  in `rejected`, logged. SinkError: the sink is marked down (one log line on the
-  transition, not one per retry), the in-flight window goes back to the front and
-  memory is flushed to the spool; the head is retried with exponential backoff
-  (retry_initial_s doubling up to retry_max_s, with jitter). The first success after
-  that logs one "back" line.
+* submit: appends to memory while it has room (and Delivery is not closing).
+  Otherwise, with a spool, memory and then the window are written to the spool on
+  the caller's thread; without one, the window is dropped.
+* worker: while the sink is down, it first writes whatever is in memory to the
+  spool (outside the lock: submit never waits on its fsyncs), so windows are on disk
+  moments after they are made. Otherwise it sends the spool's oldest file if there is
+  one, else memory's head. Success: the window is removed (its file unlinked).
+  SinkRejected: removed, counted in `rejected`, logged. SinkError: the sink is marked
+  down (one log line on the transition, not one per retry) and the in-flight window
+  goes back to the front of memory (and so to the spool); the head is retried with
+  exponential backoff (retry_initial_s doubling up to retry_max_s, with jitter). The
+  first success after that logs one "back" line.
 * close: the worker keeps delivering until `timeout_s` runs out, but only while the
   sink is up; whatever is still in memory is then written to the spool, which the
   next Delivery on the same spool_dir delivers first, in seq order.
@@ -38,15 +41,18 @@ sent once, except (at-least-once) when the process dies after the sink accepted 
 spooled window and before its file is unlinked: the next run sends it again.
 
 Bounds: the spool holds at most `spool_bytes`; a window that does not fit is dropped
-(the new one, never the old: the spool keeps its order and a gap-free prefix). A
-spool write that fails (disk full, unwritable) drops that window too. A spool file
+(the new one, never the old: the spool keeps its order and a gap-free prefix). When
+the worker cannot write the spool (disk full, unwritable), windows stay in memory and
+the spool is tried again retry_max_s later; a write that fails on submit's overflow or
+at close drops its window. A spool file
 that cannot be read back (torn, corrupt) is deleted. Without a spool_dir, delivery
 is memory only and a window that finds memory full is dropped. All of these count
 in `dropped` and are logged (drops at most once a minute per reason, with the
 running count); submit never raises.
 
-Thread safety: one lock (a Condition) guards all bookkeeping and spool writes; the
-network send, and reading a spool file back, happen outside it.
+Thread safety: one lock (a Condition) guards all bookkeeping; the network send, the
+worker's spool writes and reading a spool file back happen outside it. (Spool
+writes from submit's overflow and from close hold it: rare, and order matters there.)
 """
 
 from __future__ import annotations
@@ -103,15 +109,19 @@ class _Spooled:
 class Delivery:
     """Ordered delivery of windows to `sink`, spooling to disk while it is down."""
 
-    def __init__(self, sink: Sink, *, spool_dir: Path | None, queue_size: int = 16,
-                 spool_bytes: int = 512 << 20, retry_initial_s: float = 1.0,
-                 retry_max_s: float = 30.0, log: logging.Logger | None = None) -> None:
-        if queue_size < 1:
+    def __init__(self, sink: Sink, *, spool_dir: Path | None, queue_size: int | None = None,
+                 queue_bytes: int = 64 << 20, spool_bytes: int = 512 << 20,
+                 retry_initial_s: float = 1.0, retry_max_s: float = 30.0,
+                 log: logging.Logger | None = None) -> None:
+        if queue_size is not None and queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if queue_bytes < 1:
+            raise ValueError("queue_bytes must be at least 1")
         self._sink = sink
         self._name = sink.name
         self._dir = None if spool_dir is None else Path(spool_dir) / sink.name
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._spool_limit = spool_bytes
         self._retry_initial = retry_initial_s
         self._retry_max = max(retry_max_s, retry_initial_s)
@@ -119,6 +129,9 @@ class Delivery:
 
         self._cond = threading.Condition(threading.Lock())
         self._mem: deque[_Queued] = deque()
+        self._mem_total = 0  # bytes of profile in _mem
+        self._spilling = 0  # windows the worker took from memory and is writing to disk
+        self._spool_retry_at = 0.0  # after a failed spool write: memory only until then
         self._spool: list[_Spooled] = []  # sorted by seq
         self._spool_total = 0
         self._inflight: _Queued | None = None
@@ -163,20 +176,15 @@ class Delivery:
         with self._cond:
             item = _Queued(self._next_seq, window, time.time())
             self._next_seq += 1
-            if self._dir is None:
-                if self._closing or len(self._mem) >= self._queue_size:
-                    self._drop_locked(
-                        "memory", f"memory queue full ({self._queue_size} windows)")
-                else:
-                    self._mem.append(item)
-            elif (self._spool or self._closing or len(self._mem) >= self._queue_size
-                  or (not self._up and self._pending_locked())):
-                # (Down with nothing pending means the spool dropped what failed: this
-                # window goes to memory so that the worker's next retry probes the sink.)
-                self._flush_memory_locked()
-                self._spool_write_locked(item)
+            if not self._closing and self._mem_has_room(item):
+                self._mem_push(item)
+            elif not self._spool_usable() and not self._closing:
+                self._drop_locked("memory", f"memory queue full ({self._mem_bound()})")
+            elif self._dir is None:
+                self._drop_locked("memory", "closing, and no spool directory")
             else:
-                self._mem.append(item)
+                self._flush_memory_locked()
+                self._spool_locked([item])
             self._cond.notify_all()
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -193,12 +201,15 @@ class Delivery:
         if thread is not None:
             thread.join(max(0.0, self._deadline - time.monotonic()))
         with self._cond:
+            # A spill the worker started finishes first: its windows are older.
+            self._cond.wait_for(lambda: not self._spilling,
+                                max(0.0, self._deadline - time.monotonic()) + 1.0)
             self._closed = True
             if self._inflight is not None and self._dir is not None:
                 # The worker is stuck in a send past the deadline: keep the window. If
                 # that send still succeeds, the worker unlinks the file (by its seq).
                 # (Without a spool the worker settles it: delivered, or lost.)
-                self._mem.appendleft(self._inflight)
+                self._mem_push(self._inflight, front=True)
                 self._inflight = None
             if self._dir is not None:
                 self._flush_memory_locked()
@@ -207,7 +218,7 @@ class Delivery:
                 self._dropped += n
                 self._log.warning("sink %s: %d undelivered windows lost at shutdown "
                                   "(no spool directory)", self._name, n)
-                self._mem.clear()
+                self._mem_clear()
             self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -225,7 +236,7 @@ class Delivery:
                 attempts_failed=self._attempts_failed,
                 rejected=self._rejected,
                 dropped=self._dropped,
-                queued=len(self._mem) + (self._inflight is not None),
+                queued=len(self._mem) + (self._inflight is not None) + self._spilling,
                 spooled_windows=len(self._spool),
                 spooled_bytes=self._spool_total,
                 up=self._up,
@@ -237,12 +248,22 @@ class Delivery:
 
     def _run(self) -> None:
         failures = 0
+        retry_at = 0.0  # while down: when to try the sink again
         while True:
+            spill: list[_Queued] = []
             with self._cond:
                 while True:
                     if self._closed or (self._closing and (
                             not self._up or time.monotonic() >= self._deadline)):
                         return
+                    if not self._up and self._spool_usable() and self._mem:
+                        spill = self._mem_clear()
+                        self._spilling = len(spill)
+                        break
+                    wait = retry_at - time.monotonic()
+                    if not self._up and wait > 0:
+                        self._cond.wait(wait)  # woken early by submit (to spill) or close
+                        continue
                     head = self._take_locked()
                     if head is not None:
                         break
@@ -250,6 +271,9 @@ class Delivery:
                         return  # nothing left to deliver
                     self._cond.wait()
 
+            if spill:
+                self._spill(spill)
+                continue
             if isinstance(head, _Spooled):
                 window = self._read_spooled(head)
                 if window is None:
@@ -298,18 +322,14 @@ class Delivery:
                                           str(error) or type(error).__name__, where)
                     if self._inflight is head:
                         self._inflight = None
-                        self._mem.appendleft(head)
-                    if self._dir is not None:
-                        self._flush_memory_locked()
-                    elif self._closed and self._mem:  # close() gave up on it
-                        self._dropped += len(self._mem)
-                        self._mem.clear()
-                self._cond.notify_all()
-                if error is not None and not rejected:
+                        self._mem_push(head, front=True)  # to the spool next, if any
+                    if self._dir is None and self._closed and self._mem:
+                        self._dropped += len(self._mem)  # close() gave up on it
+                        self._mem_clear()
                     delay = min(self._retry_max,
                                 self._retry_initial * 2 ** min(failures - 1, 32))
-                    self._cond.wait_for(lambda: self._closing,
-                                        random.uniform(delay / 2, delay))
+                    retry_at = time.monotonic() + random.uniform(delay / 2, delay)
+                self._cond.notify_all()
 
     def _take_locked(self) -> _Queued | _Spooled | None:
         """The oldest pending window: spooled ones first (they are older)."""
@@ -317,8 +337,34 @@ class Delivery:
             return self._spool[0]
         if self._mem:
             self._inflight = self._mem.popleft()
+            self._mem_total -= len(self._inflight.window.pprof)
             return self._inflight
         return None
+
+    # -- the memory queue -----------------------------------------------------------
+
+    def _mem_has_room(self, item: _Queued) -> bool:
+        if self._queue_size is not None and len(self._mem) >= self._queue_size:
+            return False
+        # One window always fits (when nothing else is there), however large.
+        return not self._mem or self._mem_total + len(item.window.pprof) <= self._queue_bytes
+
+    def _mem_bound(self) -> str:
+        bound = f"{self._queue_bytes} bytes"
+        return bound if self._queue_size is None else f"{bound}, {self._queue_size} windows"
+
+    def _mem_push(self, item: _Queued, front: bool = False) -> None:
+        if front:
+            self._mem.appendleft(item)
+        else:
+            self._mem.append(item)
+        self._mem_total += len(item.window.pprof)
+
+    def _mem_clear(self) -> list[_Queued]:
+        items = list(self._mem)
+        self._mem.clear()
+        self._mem_total = 0
+        return items
 
     def _read_spooled(self, entry: _Spooled) -> WindowProfile | None:
         """The window in a spool file; None (file deleted, counted) when unreadable."""
@@ -385,24 +431,82 @@ class Delivery:
                            "run", self._name, len(self._spool), self._spool_total, self._dir)
 
     def _flush_memory_locked(self) -> None:
-        while self._mem:
-            self._spool_write_locked(self._mem.popleft())
+        self._spool_locked(self._mem_clear())
 
-    def _spool_write_locked(self, item: _Queued) -> None:
-        """Write one window to the spool atomically; drop it (counted) when it does
-        not fit or cannot be written."""
-        assert self._dir is not None
+    def _spool_locked(self, items: list[_Queued]) -> None:
+        """Write windows to the spool holding the lock (submit's overflow, close)."""
+        for item in items:
+            data = self._reserve_locked(item)
+            if data is not None:
+                self._index_locked(item, data, self._write_file(item.seq, data))
+        if items:
+            self._fsync_dir()
+
+    def _spill(self, items: list[_Queued]) -> None:
+        """The worker's way: write windows taken from memory to the spool, the lock
+        held only for the bookkeeping of each, never across a file write. When a write
+        fails, that window and the rest go back to memory (nothing is lost yet) and
+        the spool is left alone for a while: memory holds windows, and the worker
+        keeps probing the sink with them."""
+        for i, item in enumerate(items):
+            with self._cond:
+                data = self._reserve_locked(item)
+            written = None if data is None else self._write_file(item.seq, data)
+            with self._cond:
+                if data is not None and isinstance(written, OSError):
+                    self._spool_total -= len(data)
+                    for back in reversed(items[i:]):
+                        self._mem_push(back, front=True)
+                    self._spilling = 0
+                    self._spool_failed(written)
+                    break
+                if data is not None:
+                    self._index_locked(item, data, written)
+                self._spilling -= 1
+        self._fsync_dir()  # one for the batch: the renames are durable from here
+        with self._cond:
+            self._cond.notify_all()
+
+    def _spool_usable(self) -> bool:
+        return self._dir is not None and time.monotonic() >= self._spool_retry_at
+
+    def _spool_failed(self, error: OSError) -> None:
+        self._spool_retry_at = time.monotonic() + self._retry_max
+        self._warn_limited("spool", f"sink {self._name}: cannot write to the spool "
+                                    f"{self._dir} ({error}): windows wait in memory")
+
+    def _reserve_locked(self, item: _Queued) -> bytes | None:
+        """The window's spool record, its bytes counted against the bound; None when
+        it cannot be encoded or does not fit (dropped, counted)."""
         try:
             data = item.window.to_bytes()
         except Exception as e:  # labels that are not JSON: a bug upstream, not ours
             self._drop_locked("encode", f"cannot encode window seq={item.seq}: {e}")
-            return
+            return None
         if self._spool_total + len(data) > self._spool_limit:
             self._drop_locked("full", f"spool {self._dir} full ({self._spool_total} of "
                                       f"{self._spool_limit} bytes)")
+            return None
+        self._spool_total += len(data)
+        return data
+
+    def _index_locked(self, item: _Queued, data: bytes, written: Path | OSError) -> None:
+        """Record a reserved window as spooled, or as dropped when its write failed."""
+        if isinstance(written, OSError):
+            self._spool_total -= len(data)
+            self._spool_retry_at = time.monotonic() + self._retry_max
+            self._drop_locked("write", f"cannot write spool file for seq={item.seq}: "
+                                       f"{written}")
             return
-        path = self._dir / f"{item.seq:020d}.window"
-        tmp = self._dir / f".{item.seq:020d}{_TMP_SUFFIX}"
+        bisect.insort(self._spool, _Spooled(item.seq, written, len(data), item.since),
+                      key=lambda e: e.seq)
+
+    def _write_file(self, seq: int, data: bytes) -> Path | OSError:
+        """Write one spool file atomically (temp file, fsync, rename); its path, or
+        the error. Needs no lock: the name is the window's own."""
+        assert self._dir is not None
+        path = self._dir / f"{seq:020d}.window"
+        tmp = self._dir / f".{seq:020d}{_TMP_SUFFIX}"
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
@@ -415,12 +519,8 @@ class Delivery:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            self._drop_locked("write", f"cannot write spool file {path}: {e}")
-            return
-        self._fsync_dir()
-        bisect.insort(self._spool, _Spooled(item.seq, path, len(data), item.since),
-                      key=lambda e: e.seq)
-        self._spool_total += len(data)
+            return e
+        return path
 
     def _fsync_dir(self) -> None:
         """Make the rename durable; best effort (not every file system allows it)."""
@@ -440,15 +540,20 @@ class Delivery:
     def _drop_locked(self, reason: str, message: str) -> None:
         """Count one dropped window; log at most once a minute per reason."""
         self._dropped += 1
+        self._warn_limited(reason, f"sink {self._name}: dropped a window: {message}; "
+                                   f"{self._dropped} windows dropped so far")
+
+    def _warn_limited(self, reason: str, message: str) -> None:
+        """Log at most once a minute per reason."""
         now = time.monotonic()
         last = self._last_drop_log.get(reason)
         if last is None or now - last >= _DROP_LOG_INTERVAL_S:
             self._last_drop_log[reason] = now
-            self._log.warning("sink %s: dropped a window: %s; %d windows dropped so far",
-                              self._name, message, self._dropped)
+            self._log.warning("%s", message)
 
     def _pending_locked(self) -> int:
-        return len(self._mem) + len(self._spool) + (self._inflight is not None)
+        return (len(self._mem) + len(self._spool) + (self._inflight is not None)
+                + self._spilling)
 
     def _idle_locked(self) -> bool:
         return self._pending_locked() == 0

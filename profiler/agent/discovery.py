@@ -117,19 +117,43 @@ class Discovery:
         self.filter = flt
         self.binaries = binaries or GoBinaries()
         self._decided: dict[int, int] = {}  # pid -> start ticks, of the processes running
+        # pid -> (ctime of its /proc/PID directory, executable), for the processes seen:
+        # a pid reused by a new process gets a new directory inode (a new ctime), and a
+        # process that exec'd (a wrapper script's `exec app`) a new executable. Both
+        # unchanged (two cheap syscalls, half of reading /proc/PID/stat) means the
+        # same program, decided already.
+        self._seen: dict[int, tuple[int, str]] = {}
         self._self = os.getpid()
 
-    def scan(self) -> list[Candidate]:
-        """Processes not seen before that are Go programs matching the filter."""
+    def scan(self, watched: frozenset[int] | set[int] = frozenset()) -> list[Candidate]:
+        """Processes not seen before (or that exec'd since) that are Go programs
+        matching the filter. The pids in `watched` (the profiled ones) get their stat
+        read every time, so that running() notices one that exited or turned zombie."""
         found: list[Candidate] = []
         pids = self.filter.pids or [int(d) for d in os.listdir("/proc") if d.isdigit()]
         alive: set[int] = set()
         for pid in pids:
+            if pid == self._self:
+                continue
+            try:
+                ctime = os.stat(f"/proc/{pid}").st_ctime_ns
+            except OSError:
+                continue  # gone
+            try:
+                exe = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                exe = ""  # a kernel thread (or gone: the stat below says)
+            seen = (ctime, exe)
+            before = self._seen.get(pid)
+            if pid not in watched and before == seen and pid in self._decided:
+                alive.add(pid)
+                continue
             ticks = start_ticks(pid)
-            if ticks is None or pid == self._self:
+            if ticks is None:
                 continue
             alive.add(pid)
-            if self._decided.get(pid) == ticks:
+            self._seen[pid] = seen
+            if self._decided.get(pid) == ticks and (before is None or before[1] == exe):
                 continue
             self._decided[pid] = ticks
             candidate = self._examine(pid, ticks)
@@ -137,7 +161,13 @@ class Discovery:
                 found.append(candidate)
         for pid in [p for p in self._decided if p not in alive]:
             del self._decided[pid]  # gone: a new process with its pid is looked at anew
+            self._seen.pop(pid, None)
         return found
+
+    def forget(self, pid: int) -> None:
+        """The next scan looks at `pid` anew (a profiled process there was let go)."""
+        self._decided.pop(pid, None)
+        self._seen.pop(pid, None)
 
     def running(self, pid: int, ticks: int) -> bool:
         """Whether the process the last scan saw at `pid` is still this one (a reused pid

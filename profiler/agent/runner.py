@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import select
 import threading
 import time
 from collections import defaultdict
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 from goprof import __version__
 from goprof.agent.delivery import Delivery
-from goprof.agent.discovery import Candidate, Discovery, ProcessFilter
+from goprof.agent.discovery import Candidate, Discovery, ProcessFilter, start_ticks
 from goprof.agent.labels import process_labels
 from goprof.agent.metrics import AgentMetrics
 from goprof.build import ProfileBuilder
@@ -46,6 +48,8 @@ from goprof.symbolizer import (
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 
+
+MAPS_REREAD_S = 60.0  # a process's maps are re-read at least this often
 
 @dataclass
 class AgentOptions:
@@ -73,6 +77,8 @@ class Profiled:
     mem: MethodChoice | None = None
     probes: list[ProbeKey] = field(default_factory=list)
     exited: bool = False
+    pidfd: int | None = None  # readable once the process exits (None: no pidfd here)
+    maps_read: float = field(default_factory=time.monotonic)  # its maps last read
 
     @property
     def pid(self) -> int:
@@ -94,6 +100,9 @@ class Agent:
         self.memrec: MemRecorder | None = None
         self.kernel: KernelSymbolizer | None = None
         self._probe_fds: dict[ProbeKey, tuple[int, int]] = {}  # -> (fd, processes using it)
+        # Exits, by the profiled processes' pidfds: one poll() a scan instead of a
+        # /proc/PID/stat read per process (and a pidfd cannot be fooled by a reused pid).
+        self._exits = select.poll()
         self._sequence = 0
         self._window_start_ns = 0
         self.last_window_mono = time.monotonic()
@@ -117,6 +126,8 @@ class Agent:
         for rec in (self.cpu, self.memrec):
             if rec is not None:
                 rec.close()
+        for p in self.profiled.values():
+            self._close_pidfd(p)
 
     def healthy(self) -> tuple[bool, str]:
         late = time.monotonic() - self.last_window_mono
@@ -163,9 +174,14 @@ class Agent:
 
     # -- processes ------------------------------------------------------------------
     def scan(self) -> None:
-        found = self.discovery.scan()
+        found = self.discovery.scan(
+            {pid for pid, p in self.profiled.items() if not p.exited and p.pidfd is None})
+        ended = {fd for fd, _ in self._exits.poll(0)}
         for p in self.profiled.values():
-            if not p.exited and not self.discovery.running(p.pid, p.candidate.start_ticks):
+            if p.exited:
+                continue
+            if (p.pidfd in ended if p.pidfd is not None
+                    else not self.discovery.running(p.pid, p.candidate.start_ticks)):
                 p.exited = True  # let go once its last window is closed
         for c in found:
             if c.target.pid not in self.profiled:
@@ -184,7 +200,7 @@ class Agent:
             return
         labels = process_labels(c, hostname=self.opts.hostname, node=self.opts.node,
                                 service_name=self.opts.service_name, pods=self.pods)
-        p = Profiled(c, labels, sym)
+        p = Profiled(c, labels, sym, pidfd=self._open_pidfd(c))
         assert self.cpu is not None
         self.cpu.add_target(t.pid)
         if self.memrec is not None:
@@ -237,8 +253,26 @@ class Agent:
         self.memrec.add_target(p.pid, layout)
         return MethodChoice(method, rate if method == "go-sampler" else self.opts.mem_rate)
 
+    def _open_pidfd(self, c: Candidate) -> int | None:
+        try:
+            fd = os.pidfd_open(c.target.pid)
+        except (OSError, AttributeError):
+            return None  # gone already (the next scan says), or no pidfds: /proc reads
+        if start_ticks(c.target.pid) != c.start_ticks:
+            os.close(fd)  # the pid was reused since the scan: that pidfd is another's
+            return None
+        self._exits.register(fd, select.POLLIN)
+        return fd
+
+    def _close_pidfd(self, p: Profiled) -> None:
+        if p.pidfd is not None:
+            self._exits.unregister(p.pidfd)
+            os.close(p.pidfd)
+            p.pidfd = None
+
     def _let_go(self, p: Profiled) -> None:
         assert self.cpu is not None
+        self._close_pidfd(p)
         self.cpu.remove_target(p.pid)
         if self.memrec is not None:
             self.memrec.remove_target(p.pid)
@@ -250,6 +284,7 @@ class Agent:
                     del self._probe_fds[key]
                     self.memrec.detach(fd)
         del self.profiled[p.pid]
+        self.discovery.forget(p.pid)  # a new process on that pid is looked at anew
         self.metrics.let_go.inc()
         self.log.info("process let go", extra={"fields": {
             "pid": p.pid, "comm": p.candidate.target.comm}})
@@ -297,9 +332,16 @@ class Agent:
 
     def _cpu_profile(self, p: Profiled, samples: list[RawSample], start_ns: int, end_ns: int,
                      lost: int) -> None:
-        if not p.exited:
+        # Reading /proc/PID/maps for every process every window was a good part of the
+        # agent's cost with hundreds of processes: re-read it when a sample has an
+        # address outside what is mapped (a library loaded since), and once a minute
+        # in case something was mapped over an old range.
+        now = time.monotonic()
+        if not p.exited and (now - p.maps_read >= MAPS_REREAD_S or not p.symbolizer.covers(
+                {a for s in samples for a in s.user})):
+            p.maps_read = now
             try:
-                p.symbolizer.refresh()  # libraries loaded since: what is loaded stays
+                p.symbolizer.refresh()  # what is loaded stays
             except SymbolizerError:
                 pass
         assert self.cpu is not None

@@ -98,8 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--spool-dir", metavar="DIR", help="windows wait here while a sink is "
                    "down, and across restarts (default /var/lib/goprof/spool)")
     g.add_argument("--spool-size", metavar="SIZE", help="spool bound per sink (default 1G)")
-    g.add_argument("--queue-size", type=int, metavar="N",
-                   help="windows held in memory per sink (default 16)")
+    g.add_argument("--queue-size", metavar="SIZE", help="profiles held in memory per "
+                   "sink before the spool (default 64M)")
     g = p.add_argument_group("operation")
     g.add_argument("--metrics-addr", metavar="HOST:PORT", help="Prometheus /metrics and "
                    "/healthz (default 127.0.0.1:7471; off disables)")
@@ -176,8 +176,6 @@ def spool_root(path: str, log: logging.Logger) -> Path | None:
 def options_from(s: argparse.Namespace, hostname: str) -> AgentOptions:
     if not 1 <= s.frequency <= 10000:
         raise UsageError(f"--frequency {s.frequency}: give 1 to 10000 samples a second")
-    if s.queue_size < 1:
-        raise UsageError(f"--queue-size {s.queue_size}: at least 1")
     window = parse_duration(s.window, "--window")
     if window < 0.2:
         raise UsageError(f"--window {s.window}: at least 200ms")
@@ -197,13 +195,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     log = logs.setup(s.log_format)
     sinks = build_sinks(s, hostname)
     spool_bytes = parse_size(s.spool_size, "--spool-size")
+    queue_bytes = parse_size(s.queue_size, "--queue-size")
     check_privileges()
     metrics = AgentMetrics()
     spool = spool_root(s.spool_dir, log) if any(remote for _, remote in sinks) else None
     deliveries = []
     for sink, remote in sinks:
         d = Delivery(TimedSink(sink, metrics.push_latency), spool_dir=spool if remote else None,
-                     queue_size=s.queue_size, spool_bytes=spool_bytes,
+                     queue_bytes=queue_bytes, spool_bytes=spool_bytes,
                      log=logging.getLogger(f"goprof.agent.{sink.name}"))
         deliveries.append(d)
         metrics.deliveries[sink.name] = d
