@@ -62,7 +62,11 @@ class WindowProfile:
 
 
 class Sink(Protocol):
-    """A destination. send() raises SinkError (try again later) or SinkRejected (never)."""
+    """A destination. send() raises SinkError (try again later) or SinkRejected (never).
+
+    A sink that can take several windows in one request also has
+    `send_many(windows: list[WindowProfile]) -> None`, all or nothing, raising the same
+    way; delivery then sends a round of windows in a few requests (Parca does)."""
 
     name: str  # "parca", "pyroscope", "dir": metrics and logs use it
 

@@ -42,6 +42,25 @@ class FakeSink:
         pass
 
 
+class BatchSink(FakeSink):
+    """Takes several windows per call, all or nothing, as Parca's WriteRaw does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[int]] = []
+
+    def send_many(self, windows: list[WindowProfile]) -> None:
+        seqs = [w.sequence for w in windows]
+        self.calls.append(seqs)
+        for seq in seqs:
+            self.attempts[seq] += 1
+        if self.reject & set(seqs):
+            raise SinkRejected("400 one invalid profile in the request")
+        if not self.up:
+            raise SinkError("connection refused")
+        self.got.extend(seqs)
+
+
 class HangingSink(FakeSink):
     """send() blocks (up to 5 s) until released."""
 
@@ -335,6 +354,34 @@ def test_submit_never_blocks_on_a_hanging_sink(tmp_path, spooled):
         sink.release.set()
 
 
+def test_a_batching_sink_gets_a_round_of_windows_in_few_requests(tmp_path):
+    sink = BatchSink()
+    d = Delivery(sink, spool_dir=tmp_path, **FAST)
+    for i in range(1, 201):  # a round from 200 processes, made before the worker runs
+        d.submit(win(i))
+    d.start()
+    assert d.wait_idle(5)
+    d.close()
+    assert sink.got == list(range(1, 201))
+    assert [len(c) for c in sink.calls] == [64, 64, 64, 8]
+    assert d.stats().delivered == 200
+
+
+def test_a_refused_batch_is_resent_one_by_one_and_only_the_bad_window_dropped(tmp_path):
+    sink = BatchSink()
+    sink.reject = {5}
+    d = Delivery(sink, spool_dir=tmp_path, **FAST)
+    for i in range(1, 11):
+        d.submit(win(i))
+    d.start()
+    assert d.wait_idle(5)
+    d.close()
+    assert sink.got == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert sink.attempts[5] == 2 and sink.attempts[6] == 2  # in the batch, then alone
+    s = d.stats()
+    assert (s.delivered, s.rejected, s.dropped) == (9, 1, 0)
+
+
 # -- a random schedule of submits, outages and restarts --------------------------
 
 OPS = st.lists(st.sampled_from(["submit"] * 6 + ["up", "down", "pause", "restart"]),
@@ -343,10 +390,11 @@ OPS = st.lists(st.sampled_from(["submit"] * 6 + ["up", "down", "pause", "restart
 
 @settings(max_examples=40, deadline=None)
 @given(ops=OPS, spooled=st.booleans(), queue_size=st.integers(1, 4),
-       spool_windows=st.sampled_from([2, 5, 1000]))
-def test_random_schedule_delivers_in_order(ops, spooled, queue_size, spool_windows):
+       spool_windows=st.sampled_from([2, 5, 1000]), batching=st.booleans())
+def test_random_schedule_delivers_in_order(ops, spooled, queue_size, spool_windows,
+                                           batching):
     with tempfile.TemporaryDirectory() as tmp:
-        sink = FakeSink()
+        sink = BatchSink() if batching else FakeSink()
         spool_bytes = spool_windows * len(win(10**6).to_bytes())
 
         def new() -> Delivery:

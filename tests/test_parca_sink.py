@@ -129,6 +129,23 @@ def test_each_send_is_one_record_in_order(server, sink):
     assert got[0].at <= got[1].at <= got[2].at
 
 
+def test_send_many_is_one_request_with_a_series_per_window(server, sink):
+    windows = [window("cpu", {"service_name": "x", "pid": str(pid)}) for pid in range(1, 4)]
+    sink.send_many([*windows, window("mem", {"service_name": "x", "pid": "9"})])
+    got = server.wait_for(4)
+    assert [(r.labels["__name__"], r.labels["pid"]) for r in got] == \
+        [("process_cpu", "1"), ("process_cpu", "2"), ("process_cpu", "3"), ("memory", "9")]
+    assert len({r.at for r in got}) == 1, "one WriteRaw call"
+    assert all(r.profile == to_proto(cpu_profile()) for r in got[:3])
+
+
+def test_send_many_is_refused_whole_for_one_bad_window(server, sink):
+    bad = window("cpu", pprof=b"not a profile")
+    with pytest.raises(SinkRejected):
+        sink.send_many([window("cpu"), bad])
+    assert server.received == []
+
+
 def test_uncompressed_pprof_is_accepted(server, sink):
     raw = to_proto(cpu_profile()).SerializeToString()
     sink.send(window("cpu", pprof=raw))

@@ -73,6 +73,10 @@ from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 _FILE = re.compile(r"^(\d{20})\.window$")
 _TMP_SUFFIX = ".window.tmp"
 _DROP_LOG_INTERVAL_S = 60.0
+# One request's worth, for sinks with send_many: a round of windows from a host of
+# processes in a few calls, each well under gRPC's message limits.
+BATCH_WINDOWS = 64
+BATCH_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,11 @@ class Delivery:
         self._spool_retry_at = 0.0  # after a failed spool write: memory only until then
         self._spool: list[_Spooled] = []  # sorted by seq
         self._spool_total = 0
-        self._inflight: _Queued | None = None
+        self._inflight: list[_Queued] = []  # taken from memory, being sent
+        # Sinks that take several windows in one request (Parca's WriteRaw) get runs
+        # of memory's windows: one call per round of windows, not one per process.
+        self._batches = callable(getattr(sink, "send_many", None))
+        self._unbatched = 0  # sends to make one window at a time (after a refusal)
         self._thread: threading.Thread | None = None
         self._closing = False  # close() called: deliver until the deadline while up
         self._closed = False  # close() done: the worker takes nothing more
@@ -205,12 +213,13 @@ class Delivery:
             self._cond.wait_for(lambda: not self._spilling,
                                 max(0.0, self._deadline - time.monotonic()) + 1.0)
             self._closed = True
-            if self._inflight is not None and self._dir is not None:
+            if self._inflight and self._dir is not None:
                 # The worker is stuck in a send past the deadline: keep the window. If
                 # that send still succeeds, the worker unlinks the file (by its seq).
                 # (Without a spool the worker settles it: delivered, or lost.)
-                self._mem_push(self._inflight, front=True)
-                self._inflight = None
+                for item in reversed(self._inflight):
+                    self._mem_push(item, front=True)
+                self._inflight = []
             if self._dir is not None:
                 self._flush_memory_locked()
             elif self._mem:
@@ -228,7 +237,8 @@ class Delivery:
 
     def stats(self) -> DeliveryStats:
         with self._cond:
-            heads = (self._inflight, self._mem[0] if self._mem else None,
+            heads = (self._inflight[0] if self._inflight else None,
+                     self._mem[0] if self._mem else None,
                      self._spool[0] if self._spool else None)
             oldest = [h.since for h in heads if h is not None]
             return DeliveryStats(
@@ -236,7 +246,7 @@ class Delivery:
                 attempts_failed=self._attempts_failed,
                 rejected=self._rejected,
                 dropped=self._dropped,
-                queued=len(self._mem) + (self._inflight is not None) + self._spilling,
+                queued=len(self._mem) + len(self._inflight) + self._spilling,
                 spooled_windows=len(self._spool),
                 spooled_bytes=self._spool_total,
                 up=self._up,
@@ -278,13 +288,17 @@ class Delivery:
                 window = self._read_spooled(head)
                 if window is None:
                     continue
+                batch = [(head.seq, window)]
             else:
-                window = head.window
+                batch = [(item.seq, item.window) for item in head]
 
             error: Exception | None = None
             rejected = False
             try:
-                self._sink.send(window)
+                if len(batch) == 1:
+                    self._sink.send(batch[0][1])
+                else:
+                    self._sink.send_many([w for _, w in batch])
             except SinkRejected as e:
                 rejected, error = True, e
             except SinkError as e:
@@ -293,15 +307,21 @@ class Delivery:
                 error = e
 
             with self._cond:
-                if error is None or rejected:
+                if rejected and len(batch) > 1:
+                    # One bad window refuses the whole request: send these one by one
+                    # to find it (and deliver the others).
+                    self._unbatched = len(batch)
+                    self._put_back_locked(head)
+                elif error is None or rejected:
                     failures = 0
-                    self._remove_locked(head.seq)
+                    for seq, _ in batch:
+                        self._remove_locked(seq)
                     if rejected:
                         self._rejected += 1
                         self._log.warning("sink %s rejected window seq=%d (%s): dropped, "
-                                          "not retried", self._name, head.seq, error)
+                                          "not retried", self._name, batch[0][0], error)
                     else:
-                        self._delivered += 1
+                        self._delivered += len(batch)
                     self._last_success = time.monotonic()
                     if not self._up:
                         self._up = True
@@ -317,12 +337,10 @@ class Delivery:
                         self._up = False
                         self._down_since = time.monotonic()
                         where = (f"spooling windows to {self._dir}" if self._dir is not None
-                                 else f"holding up to {self._queue_size} windows in memory")
+                                 else f"holding up to {self._mem_bound()} in memory")
                         self._log.warning("sink %s down: %s; %s", self._name,
                                           str(error) or type(error).__name__, where)
-                    if self._inflight is head:
-                        self._inflight = None
-                        self._mem_push(head, front=True)  # to the spool next, if any
+                    self._put_back_locked(head)  # to the spool next, if any
                     if self._dir is None and self._closed and self._mem:
                         self._dropped += len(self._mem)  # close() gave up on it
                         self._mem_clear()
@@ -331,15 +349,35 @@ class Delivery:
                     retry_at = time.monotonic() + random.uniform(delay / 2, delay)
                 self._cond.notify_all()
 
-    def _take_locked(self) -> _Queued | _Spooled | None:
-        """The oldest pending window: spooled ones first (they are older)."""
+    def _take_locked(self) -> _Spooled | list[_Queued] | None:
+        """The oldest pending window (spooled ones first: they are older), or, from
+        memory, the oldest run of windows the sink takes in one request."""
         if self._spool:
             return self._spool[0]
-        if self._mem:
-            self._inflight = self._mem.popleft()
-            self._mem_total -= len(self._inflight.window.pprof)
-            return self._inflight
-        return None
+        if not self._mem:
+            return None
+        if self._unbatched or not self._batches:
+            count, room = 1, 0
+            self._unbatched = max(0, self._unbatched - 1)
+        else:
+            count, room = BATCH_WINDOWS, BATCH_BYTES
+        while self._mem and len(self._inflight) < count:
+            size = len(self._mem[0].window.pprof)
+            if self._inflight and size > room:
+                break
+            item = self._mem.popleft()
+            self._mem_total -= size
+            room -= size
+            self._inflight.append(item)
+        return list(self._inflight)
+
+    def _put_back_locked(self, head: _Spooled | list[_Queued]) -> None:
+        """A send from memory that did not go through: its windows back at the front
+        (unless close() already took them)."""
+        if isinstance(head, list) and self._inflight and self._inflight[0] is head[0]:
+            for item in reversed(self._inflight):
+                self._mem_push(item, front=True)
+            self._inflight = []
 
     # -- the memory queue -----------------------------------------------------------
 
@@ -385,9 +423,10 @@ class Delivery:
         """Forget the window seq wherever it is pending, unlinking its spool file.
         (Run after the sink accepted it: a crash just before the unlink means the
         next run sends it again, the one at-least-once case.)"""
-        if self._inflight is not None and self._inflight.seq == seq:
-            self._inflight = None
-            return
+        for i, item in enumerate(self._inflight):
+            if item.seq == seq:
+                del self._inflight[i]
+                return
         i = bisect.bisect_left(self._spool, seq, key=lambda e: e.seq)
         if i < len(self._spool) and self._spool[i].seq == seq:
             entry = self._spool.pop(i)
@@ -552,7 +591,7 @@ class Delivery:
             self._log.warning("%s", message)
 
     def _pending_locked(self) -> int:
-        return (len(self._mem) + len(self._spool) + (self._inflight is not None)
+        return (len(self._mem) + len(self._spool) + len(self._inflight)
                 + self._spilling)
 
     def _idle_locked(self) -> bool:

@@ -154,10 +154,18 @@ class TimedSink:
         self.sink = sink
         self.name = sink.name
         self._observe = histogram.labels(sink.name).observe
+        if callable(getattr(sink, "send_many", None)):
+            self.send_many = self._send_many  # batches only for sinks that take them
 
     def send(self, window) -> None:
         self.sink.send(window)
         self._observe(max(time.time_ns() - window.end_ns, 0) / 1e9)
+
+    def _send_many(self, windows: list) -> None:
+        self.sink.send_many(windows)
+        now = time.time_ns()
+        for window in windows:
+            self._observe(max(now - window.end_ns, 0) / 1e9)
 
     def close(self) -> None:
         self.sink.close()
