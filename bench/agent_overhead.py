@@ -87,7 +87,8 @@ def histogram(metrics: str, name: str) -> tuple[float, float, float]:
     return count, total, bound
 
 
-def run_agent(n: int, busy: bool, seconds: float, window: str) -> dict:
+def run_agent(n: int, busy: bool, seconds: float, window: str,
+              sinks: tuple[str, ...] = ("parca", "dir")) -> dict:
     targets = start_targets(n, busy)
     exe = "cpusplit" if busy else "allocsplit"
     # The in-test Parca server (threads of this process, started below) runs at the
@@ -100,7 +101,8 @@ def run_agent(n: int, busy: bool, seconds: float, window: str) -> dict:
         # would measure that share rather than what it needs.
         agent = subprocess.Popen(
             ["nice", "-n", "-10", *goprof_command(), "agent", "--exe", exe, "--window", window,
-             "--parca", parca.url, "--insecure", "--output-dir", f"{tmp}/out",
+             *(["--parca", parca.url, "--insecure"] if "parca" in sinks else []),
+             *(["--output-dir", f"{tmp}/out"] if "dir" in sinks else []),
              "--spool-dir", f"{tmp}/spool", "--metrics-addr", "127.0.0.1:0",
              "--log-format", "json", "--no-kernel"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -132,7 +134,8 @@ def run_agent(n: int, busy: bool, seconds: float, window: str) -> dict:
     count, total, bound = histogram(metrics, "goprof_push_latency_seconds")
     profiled = next((float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                      if line.startswith("goprof_processes_profiled ")), 0)
-    return {"processes": n, "state": "busy" if busy else "idle", "profiled": profiled,
+    return {"processes": n, "state": "busy" if busy else "idle", "sinks": "+".join(sinks),
+            "profiled": profiled,
             "agent_core_pct": 100 * (cpu1 - cpu0) / (t1 - t0), "peak_rss_mb": rss,
             "pushes": count, "push_latency_mean_s": total / count if count else None,
             "push_latency_max_bucket_s": bound, "parca_received": received}
@@ -200,20 +203,23 @@ def main() -> None:
     ap.add_argument("--counts", default="1,50,200")
     ap.add_argument("--states", default="idle,busy")
     ap.add_argument("--spool-windows", type=int, default=1000)
+    ap.add_argument("--sinks", default="parca,dir", help="parca, dir or both")
     args = ap.parse_args()
     rows = []
     for n in [int(c) for c in args.counts.split(",")]:
         for busy in [state == "busy" for state in args.states.split(",")]:
-            row = run_agent(n, busy, args.seconds, args.window)
+            row = run_agent(n, busy, args.seconds, args.window,
+                            tuple(args.sinks.split(",")))
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"spool": spool_rates(args.spool_windows)}), flush=True)
-    print("\n| processes | state | agent CPU (% of a core) | peak RSS (MB) | pushes | "
+    if args.spool_windows:
+        print(json.dumps({"spool": spool_rates(args.spool_windows)}), flush=True)
+    print("\n| processes | state | sinks | agent CPU (% of a core) | peak RSS (MB) | pushes | "
           "push latency mean / all within |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         mean = r["push_latency_mean_s"]
-        print(f"| {r['processes']} | {r['state']} | {r['agent_core_pct']:.2f} | "
+        print(f"| {r['processes']} | {r['state']} | {r['sinks']} | {r['agent_core_pct']:.2f} | "
               f"{r['peak_rss_mb']:.0f} | {r['pushes']:.0f} | "
               f"{mean if mean is None else f'{mean:.3f}'} s / {r['push_latency_max_bucket_s']} s |")
 
