@@ -447,8 +447,9 @@ class Delivery:
             self._dir.mkdir(parents=True, exist_ok=True)
             names = os.listdir(self._dir)
         except OSError as e:
-            self._log.error("sink %s: spool directory %s unusable (%s): windows are "
-                            "dropped while the sink is down", self._name, self._dir, e)
+            self._log.error("sink %s: spool directory %s unusable (%s): while the sink "
+                            "is down, windows wait in memory and are dropped when it is "
+                            "full", self._name, self._dir, e)
             return
         for name in names:
             path = self._dir / name

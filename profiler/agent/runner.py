@@ -51,6 +51,7 @@ ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 
 MAPS_REREAD_S = 60.0  # a process's maps are re-read at least this often
 
+
 @dataclass
 class AgentOptions:
     filter: ProcessFilter
