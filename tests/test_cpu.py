@@ -40,6 +40,12 @@ def _grouped(shares: dict[str, float]) -> dict[str, float]:
     }
 
 
+def _among(shares: dict[str, float], names: tuple[str, ...]) -> dict[str, float]:
+    """Each function's share of the samples in `names` alone."""
+    total = sum(shares.get(n, 0.0) for n in names) or 1.0
+    return {n: 100 * shares.get(n, 0.0) / total for n in names}
+
+
 def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, tmp_path):
     """Same run, both profilers at ~1 kHz (8 s: about 8000 samples each).
 
@@ -58,10 +64,21 @@ def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, t
     go_prof = read_pprof(theirs)
     mine = flat_shares(prof)
     go = flat_shares(go_prof)
+    # The truth is the split of the program's own work. Samples that land elsewhere
+    # (the kernel switching its threads in, the runtime) grow when the host is busy:
+    # a loaded CI machine put 8 % there, with the three still exactly 2:3:5 among
+    # themselves. So: the three hold nearly all samples, and split as built.
+    grouped = _grouped(mine)
+    hot = sum(grouped.values())
+    assert hot >= 85.0, (grouped, others(prof))
     for name, truth in TRUTH.items():
-        assert abs(_grouped(mine)[name] - truth) <= 3.0, (name, _grouped(mine), others(prof))
-    for name in ("main.alpha", "main.beta", "main.gamma", "main.mix"):
-        assert abs(mine.get(name, 0) - go.get(name, 0)) <= 5.0, (name, mine, go)
+        share = 100 * grouped[name] / hot
+        assert abs(share - truth) <= 3.0, (name, share, grouped, others(prof))
+    # Compared the same way: each profiler's split among the hot functions.
+    hot_names = ("main.alpha", "main.beta", "main.gamma", "main.mix")
+    mine_hot, go_hot = _among(mine, hot_names), _among(go, hot_names)
+    for name in hot_names:
+        assert abs(mine_hot[name] - go_hot[name]) <= 5.0, (name, mine, go)
 
     # The inlined hot function is its own frame under its caller, as in runtime/pprof.
     assert any(names[:2] == ["main.mix", "main.gamma"] for names, _ in stacks(prof))
