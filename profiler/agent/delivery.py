@@ -217,9 +217,7 @@ class Delivery:
                 # The worker is stuck in a send past the deadline: keep the window. If
                 # that send still succeeds, the worker unlinks the file (by its seq).
                 # (Without a spool the worker settles it: delivered, or lost.)
-                for item in reversed(self._inflight):
-                    self._mem_push(item, front=True)
-                self._inflight = []
+                self._requeue_inflight_locked()
             if self._dir is not None:
                 self._flush_memory_locked()
             elif self._mem:
@@ -375,9 +373,13 @@ class Delivery:
         """A send from memory that did not go through: its windows back at the front
         (unless close() already took them)."""
         if isinstance(head, list) and self._inflight and self._inflight[0] is head[0]:
-            for item in reversed(self._inflight):
-                self._mem_push(item, front=True)
-            self._inflight = []
+            self._requeue_inflight_locked()
+
+    def _requeue_inflight_locked(self) -> None:
+        """The windows in flight back at memory's front, in order (they are oldest)."""
+        for item in reversed(self._inflight):
+            self._mem_push(item, front=True)
+        self._inflight = []
 
     # -- the memory queue -----------------------------------------------------------
 
