@@ -156,7 +156,7 @@ class Discovery:
             if self._decided.get(pid) == ticks and (before is None or before[1] == exe):
                 continue
             self._decided[pid] = ticks
-            candidate = self._examine(pid, ticks)
+            candidate = self._examine(pid, ticks, exe)
             if candidate is not None:
                 found.append(candidate)
         for pid in [p for p in self._decided if p not in alive]:
@@ -174,10 +174,8 @@ class Discovery:
         is another process): profiled processes need no /proc reads of their own."""
         return self._decided.get(pid) == ticks
 
-    def _examine(self, pid: int, ticks: int) -> Candidate | None:
-        try:
-            exe = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
+    def _examine(self, pid: int, ticks: int, exe: str) -> Candidate | None:
+        if not exe:
             return None  # kernel thread, or gone
         target = Target(pid, read_comm(pid), exe)
         cgroup = cgroup_of(pid)
