@@ -416,8 +416,10 @@ def test_cpu_exe_with_a_pid_template_writes_one_file_per_process(tmp_path: Path,
         for t in targets:
             stop_target(t)
     assert res.returncode == 0, res.stderr
-    files = sorted(f.name for f in tmp_path.iterdir())
-    assert [f.split("-")[:2] for f in files] == [["cpusplit", str(t.pid)] for t in targets]
+    # by pid as a number: pids cross a power of ten ("10000" sorts before "9993" as text)
+    files = sorted((f.name for f in tmp_path.iterdir()), key=lambda name: int(name.split("-")[1]))
+    assert [f.split("-")[:2] for f in files] == [["cpusplit", str(t.pid)]
+                                                 for t in sorted(targets, key=lambda t: t.pid)]
     for f in files:
         assert f.endswith(".cpu.pb.gz")
         prof = read_pprof(tmp_path / f)
