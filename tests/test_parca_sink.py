@@ -277,6 +277,23 @@ def test_invalid_profile_is_rejected_for_good(server, sink, kind, reason):
     assert len(server.rejected) == 1 and reason in server.rejected[0]
 
 
+def test_a_server_that_checks_later_still_tells_good_from_bad():
+    # The benchmark's server (check_later) acknowledges at once: its checks must still
+    # run, when what it received is read.
+    with ParcaServer(check_later=True) as server:
+        sink = ParcaSink(server.url, insecure=True, timeout_s=5)
+        try:
+            sink.send(window("cpu"))
+            sink.send(window("cpu", pprof=b"not a profile"))  # no error: checked later
+            sink.send_many([window("mem"), window("cpu")])
+        finally:
+            sink.close()
+        got = server.received
+        assert [r.labels["__name__"] for r in got] == ["process_cpu", "memory", "process_cpu"]
+        assert got[0].profile == to_proto(cpu_profile())
+        assert len(server.rejected) == 1 and "does not decode" in server.rejected[0]
+
+
 def test_garbage_pprof_is_rejected(server, sink):
     with pytest.raises(SinkRejected, match="does not decode"):
         sink.send(window("cpu", pprof=b"\x1f\x8bnot gzip at all"))
