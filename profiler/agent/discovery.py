@@ -10,6 +10,7 @@ host with hundreds of processes of a few binaries opens each binary once.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 from goprof.agent.kube import CgroupInfo, cgroup_of
@@ -29,6 +30,8 @@ class GoBinaryInfo:
 
 
 NOT_GO = GoBinaryInfo(go_version="", build_id="")
+SETTLE_S = 10.0  # a process this young is checked on every scan (see Discovery)
+RECHECK_TURNS = 5  # older ones: one pid in this many per scan
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,14 @@ class Discovery:
         # unchanged (two cheap syscalls, half of reading /proc/PID/stat) means the
         # same program, decided already.
         self._seen: dict[int, tuple[int, str]] = {}
+        # pid -> time.monotonic() it was first seen. A process seen less than
+        # SETTLE_S ago is checked on every scan: a wrapper script execs its program
+        # within moments of starting. Older ones (most of a host, which scans would
+        # otherwise cost two syscalls each on every scan) are checked
+        # in turns, one in RECHECK_TURNS per scan: a reused pid or a late exec is
+        # noticed within RECHECK_TURNS scans.
+        self._first_seen: dict[int, float] = {}
+        self._turn = 0
         self._self = os.getpid()
 
     def scan(self, watched: frozenset[int] | set[int] = frozenset()) -> list[Candidate]:
@@ -132,8 +143,15 @@ class Discovery:
         found: list[Candidate] = []
         pids = self.filter.pids or [int(d) for d in os.listdir("/proc") if d.isdigit()]
         alive: set[int] = set()
+        now = time.monotonic()
+        self._turn = (self._turn + 1) % RECHECK_TURNS
         for pid in pids:
             if pid == self._self:
+                continue
+            first = self._first_seen.get(pid)
+            if (first is not None and now - first > SETTLE_S and pid not in watched
+                    and pid % RECHECK_TURNS != self._turn and pid in self._decided):
+                alive.add(pid)  # listed, decided, settled, not its turn
                 continue
             try:
                 ctime = os.stat(f"/proc/{pid}").st_ctime_ns
@@ -153,6 +171,7 @@ class Discovery:
                 continue
             alive.add(pid)
             self._seen[pid] = seen
+            self._first_seen.setdefault(pid, now)
             if self._decided.get(pid) == ticks and (before is None or before[1] == exe):
                 continue
             self._decided[pid] = ticks
@@ -162,12 +181,14 @@ class Discovery:
         for pid in [p for p in self._decided if p not in alive]:
             del self._decided[pid]  # gone: a new process with its pid is looked at anew
             self._seen.pop(pid, None)
+            self._first_seen.pop(pid, None)
         return found
 
     def forget(self, pid: int) -> None:
         """The next scan looks at `pid` anew (a profiled process there was let go)."""
         self._decided.pop(pid, None)
         self._seen.pop(pid, None)
+        self._first_seen.pop(pid, None)
 
     def running(self, pid: int, ticks: int) -> bool:
         """Whether the process the last scan saw at `pid` is still this one (a reused pid
