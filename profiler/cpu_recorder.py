@@ -129,7 +129,7 @@ class CpuRecorder(WindowedMaps):
         counts = self.map(f"counts{w}")
         stack = self.stack_reader(w)
         out = Window()
-        for key, value in counts.items():
+        for key, value in counts.take_all():
             pid, tid, ustack, kstack, leaf_ret = SAMPLE_KEY.unpack(key)
             (count,) = struct.unpack("<Q", value)
             user = stack(ustack)
@@ -137,7 +137,6 @@ class CpuRecorder(WindowedMaps):
                 out.stats.truncated += count
             out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count))
             out.stats.counted += count
-        counts.clear()
         self.map(f"stacks{w}").clear()
         totals = self.take_errors()
         out.stats.seen = totals[ERR_SAMPLES]

@@ -162,7 +162,7 @@ class MemRecorder(WindowedMaps):
         counts = self.map(f"counts{w}")
         stack = self.stack_reader(w)
         out = MemWindow()
-        for key, value in counts.items():
+        for key, value in counts.take_all():
             pid, ustack, leaf_ret, size = ALLOC_KEY.unpack(key)
             events, objects_, bytes_ = ALLOC_VALUE.unpack(value)
             user = stack(ustack)
@@ -170,7 +170,6 @@ class MemRecorder(WindowedMaps):
                 out.stats.truncated += events
             out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_))
             out.stats.counted += events
-        counts.clear()
         self.map(f"stacks{w}").clear()
         t = self.take_errors()
         s = out.stats
