@@ -2,16 +2,16 @@
 
 For 1, 50 and 200 Go processes, idle (waiting on a signal) and busy (burning CPU),
 runs the agent with a Parca sink (the in-test server on 127.0.0.1) and a directory
-sink for --seconds, and reads from /proc: the agent's CPU time over the steady part
-of the run (after its first window) as a share of one core, and its peak RSS
-(VmHWM). Push latency (a window's end to its delivery to Parca) comes from the agent's
-own goprof_push_latency_seconds histogram; the Parca server acknowledges at once and
-checks every profile after the run (check_later), so it is the agent's. Then the
-spool: windows written while a sink is down, and replayed to Parca once it is back,
-per second.
+sink, then with Parca alone, for --seconds each, and reads from /proc: the agent's
+CPU time over the steady part of the run (after its first window) as a share of one
+core, and its peak RSS (VmHWM). Push latency (a window's end to its delivery to
+Parca) comes from the agent's own goprof_push_latency_seconds histogram; the Parca
+server acknowledges at once and checks every profile after the run (check_later), so
+it is the agent's. Then the spool: windows written while a sink is down, and
+replayed to Parca once it is back, per second.
 
     sudo .venv/bin/python bench/agent_overhead.py [--seconds 40] [--counts 1,50,200]
-        [--states idle,busy]
+        [--states idle,busy] [--sinks parca+dir,parca] [--spool-windows 1000]
 """
 
 from __future__ import annotations
@@ -220,15 +220,17 @@ def main() -> None:
     ap.add_argument("--counts", default="1,50,200")
     ap.add_argument("--states", default="idle,busy")
     ap.add_argument("--spool-windows", type=int, default=1000)
-    ap.add_argument("--sinks", default="parca,dir", help="parca, dir or both")
+    ap.add_argument("--sinks", default="parca+dir,parca",
+                    help="sink sets to run each count and state with, comma-separated; "
+                         "a set is parca, dir or parca+dir")
     args = ap.parse_args()
     rows = []
     for n in [int(c) for c in args.counts.split(",")]:
         for busy in [state == "busy" for state in args.states.split(",")]:
-            row = run_agent(n, busy, args.seconds, args.window,
-                            tuple(args.sinks.split(",")))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for sinks in args.sinks.split(","):
+                row = run_agent(n, busy, args.seconds, args.window, tuple(sinks.split("+")))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     if args.spool_windows:
         print(json.dumps({"spool": spool_rates(args.spool_windows)}), flush=True)
     print("\n| processes | state | sinks | agent CPU (% of a core) | peak RSS (MB) | pushes | "

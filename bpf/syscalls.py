@@ -49,8 +49,9 @@ PROG_KPROBE = 2  # also the type of uprobe programs
 PROG_PERF_EVENT = 7
 
 BPF_ANY = 0
-ENOTSUPP = 524  # the kernel's own "operation not supported" (not in errno)
 BPF_NOEXIST = 1
+
+ENOTSUPP = 524  # the kernel's own "operation not supported" (not in Python's errno)
 
 # perf_event_open
 PERF_TYPE_SOFTWARE = 1
