@@ -19,6 +19,33 @@ def cpusplit_plain() -> gobuild.GoBinary:
     return gobuild.build("cpusplit", "go1.26", "normal")
 
 
+class _Wrapper:
+    """A shell that waits for its cue, then execs the Go program (an entrypoint script)."""
+
+    def __init__(self, tmp_path: Path, binary: gobuild.GoBinary) -> None:
+        self.flag = tmp_path / "go"
+        self.binary = binary
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", f"while [ ! -e {self.flag} ]; do sleep 0.02; done; "
+                              f"exec {binary.path}"],
+            stdout=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+
+    def exec_now(self) -> None:
+        self.flag.touch()
+        deadline = time.monotonic() + 10
+        while _exe(self.pid) != str(self.binary.path):
+            assert time.monotonic() < deadline, "the wrapper never exec'd"
+            time.sleep(0.01)
+
+    def __enter__(self) -> _Wrapper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 def _exe(pid: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/exe")
@@ -31,44 +58,18 @@ def test_a_settled_process_that_execs_later_is_found_within_the_turns(
     # Settled processes are checked one pid in RECHECK_TURNS per scan, to save the
     # agent two syscalls per process per scan: an exec must still be noticed.
     monkeypatch.setattr(discovery, "SETTLE_S", 0.0)  # every process counts as settled
-    flag = tmp_path / "go"
-    wrapper = subprocess.Popen(
-        ["/bin/sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.02; done; "
-                          f"exec {cpusplit_plain.path}"],
-        stdout=subprocess.DEVNULL)
-    try:
+    with _Wrapper(tmp_path, cpusplit_plain) as wrapper:
         d = Discovery(ProcessFilter(exes=["cpusplit"]))
-        assert [c.target.pid for c in d.scan()] == []  # a shell, decided
+        assert d.scan() == []  # a shell, decided
         time.sleep(0.05)  # settled (older than SETTLE_S)
-        flag.touch()
-        deadline = time.monotonic() + 10
-        while _exe(wrapper.pid) != str(cpusplit_plain.path):
-            assert time.monotonic() < deadline, "the wrapper never exec'd"
-            time.sleep(0.01)
-        scans = []
-        for _ in range(discovery.RECHECK_TURNS):
-            scans.append([c.target.pid for c in d.scan()])
+        wrapper.exec_now()
+        scans = [[c.target.pid for c in d.scan()] for _ in range(discovery.RECHECK_TURNS)]
         assert sum(scans, []) == [wrapper.pid], scans
-    finally:
-        wrapper.kill()
-        wrapper.wait()
 
 
 def test_a_young_process_is_checked_on_every_scan(tmp_path: Path, cpusplit_plain) -> None:
-    flag = tmp_path / "go"
-    wrapper = subprocess.Popen(
-        ["/bin/sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.02; done; "
-                          f"exec {cpusplit_plain.path}"],
-        stdout=subprocess.DEVNULL)
-    try:
+    with _Wrapper(tmp_path, cpusplit_plain) as wrapper:
         d = Discovery(ProcessFilter(exes=["cpusplit"]))
         assert d.scan() == []
-        flag.touch()
-        deadline = time.monotonic() + 10
-        while _exe(wrapper.pid) != str(cpusplit_plain.path):
-            assert time.monotonic() < deadline, "the wrapper never exec'd"
-            time.sleep(0.01)
+        wrapper.exec_now()
         assert [c.target.pid for c in d.scan()] == [wrapper.pid], "the very next scan"
-    finally:
-        wrapper.kill()
-        wrapper.wait()
