@@ -97,52 +97,58 @@ def run_agent(n: int, busy: bool, seconds: float, window: str,
               sinks: tuple[str, ...] = ("parca", "dir")) -> dict:
     targets = start_targets(n, busy)
     exe = "cpusplit" if busy else "allocsplit"
-    # The in-test Parca server (threads of this process, started below) runs at the
-    # agent's priority too: starved by the targets, it answered slowly and the push
-    # latency measured it, not the agent. (Nice is per thread; new threads inherit it.)
-    os.setpriority(os.PRIO_PROCESS, 0, -10)
-    # check_later: the server acknowledges at once and checks every profile after the
-    # run; checking as they come (Python decoding, ~8 ms a profile) made the push
-    # latency of 200 windows the server's 1.5 s, not the agent's.
-    with tempfile.TemporaryDirectory() as tmp, ParcaServer(check_later=True) as parca:
-        # At nice -10: with every core saturated by the targets, an agent at the default
-        # priority gets only its fair share (2 cores / 51 runnable tasks = 3.9 %), and
-        # would measure that share rather than what it needs.
-        agent = subprocess.Popen(
-            ["nice", "-n", "-10", *goprof_command(), "agent", "--exe", exe, "--window", window,
-             *(["--parca", parca.url, "--insecure"] if "parca" in sinks else []),
-             *(["--output-dir", f"{tmp}/out"] if "dir" in sinks else []),
-             "--spool-dir", f"{tmp}/spool", "--metrics-addr", "127.0.0.1:0",
-             "--log-format", "json", "--no-kernel"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        os.makedirs(f"{tmp}/out", exist_ok=True)
-        url = ""
-        assert agent.stderr is not None
-        for line in agent.stderr:
-            doc = json.loads(line)
-            if doc.get("msg") == "metrics served":
-                url = doc["url"]
-            if doc.get("msg") == "agent started":
-                break
-        # Keep reading its log: a full pipe would block the agent on its next line.
-        threading.Thread(target=agent.stderr.read, daemon=True).start()
-        window_s = float(window.rstrip("s"))
-        time.sleep(window_s + 1)  # picked up, first window closed: steady state from here
-        cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
-        time.sleep(seconds)
-        cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
-        metrics = requests.get(url, timeout=10).text
-        rss = peak_rss_mb(agent.pid)
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=60)
-        received = len(parca.received)
-        rejected = parca.rejected
+    agent: subprocess.Popen | None = None
+    try:
+        # The in-test Parca server (threads of this process, started below) runs at the
+        # agent's priority too: starved by the targets, it answered slowly and the push
+        # latency measured it, not the agent. (Nice is per thread; new threads inherit it.)
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+        # check_later: the server acknowledges at once and checks every profile after the
+        # run; checking as they come (Python decoding, ~8 ms a profile) made the push
+        # latency of 200 windows the server's 1.5 s, not the agent's.
+        with tempfile.TemporaryDirectory() as tmp, ParcaServer(check_later=True) as parca:
+            # At nice -10: with every core saturated by the targets, an agent at the default
+            # priority gets only its fair share (2 cores / 51 runnable tasks = 3.9 %), and
+            # would measure that share rather than what it needs.
+            agent = subprocess.Popen(
+                ["nice", "-n", "-10", *goprof_command(), "agent", "--exe", exe, "--window", window,
+                 *(["--parca", parca.url, "--insecure"] if "parca" in sinks else []),
+                 *(["--output-dir", f"{tmp}/out"] if "dir" in sinks else []),
+                 "--spool-dir", f"{tmp}/spool", "--metrics-addr", "127.0.0.1:0",
+                 "--log-format", "json", "--no-kernel"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            os.makedirs(f"{tmp}/out", exist_ok=True)
+            url = ""
+            assert agent.stderr is not None
+            for line in agent.stderr:
+                doc = json.loads(line)
+                if doc.get("msg") == "metrics served":
+                    url = doc["url"]
+                if doc.get("msg") == "agent started":
+                    break
+            # Keep reading its log: a full pipe would block the agent on its next line.
+            threading.Thread(target=agent.stderr.read, daemon=True).start()
+            window_s = float(window.rstrip("s"))
+            time.sleep(window_s + 1)  # picked up, first window closed: steady state from here
+            cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
+            time.sleep(seconds)
+            cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
+            metrics = requests.get(url, timeout=10).text
+            rss = peak_rss_mb(agent.pid)
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=60)
+            received = len(parca.received)
+            rejected = parca.rejected
+    finally:  # the targets go whatever happened: 200 of them would saturate the host
+        if agent is not None and agent.poll() is None:
+            agent.kill()  # a failed run: no agent left profiling the host
+            agent.wait()
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+        for t in targets:
+            t.kill()
+            t.wait()
     if rejected:
         raise SystemExit(f"the Parca server refused {len(rejected)} profiles: {rejected[0]}")
-    os.setpriority(os.PRIO_PROCESS, 0, 0)
-    for t in targets:
-        t.kill()
-        t.wait()
     # The push target is about the collector: Parca's latency when it is a sink.
     count, total, bound, within_1s = histogram(metrics, "goprof_push_latency_seconds",
                                                "parca" if "parca" in sinks else "dir")
