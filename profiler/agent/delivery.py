@@ -496,11 +496,13 @@ class Delivery:
             written = None if data is None else self._write_file(item.seq, data)
             with self._cond:
                 if data is not None and isinstance(written, OSError):
-                    self._spool_total -= len(data)
+                    self._release_locked(data)
                     for back in reversed(items[i:]):
                         self._mem_push(back, front=True)
                     self._spilling = 0
-                    self._spool_failed(written)
+                    self._warn_limited("spool", f"sink {self._name}: cannot write to the "
+                                                f"spool {self._dir} ({written}): windows "
+                                                "wait in memory")
                     break
                 if data is not None:
                     self._index_locked(item, data, written)
@@ -512,10 +514,11 @@ class Delivery:
     def _spool_usable(self) -> bool:
         return self._dir is not None and time.monotonic() >= self._spool_retry_at
 
-    def _spool_failed(self, error: OSError) -> None:
+    def _release_locked(self, data: bytes) -> None:
+        """A reserved spool record whose write failed: its bytes no longer counted, and
+        the spool left alone for retry_max_s (memory holds windows meanwhile)."""
+        self._spool_total -= len(data)
         self._spool_retry_at = time.monotonic() + self._retry_max
-        self._warn_limited("spool", f"sink {self._name}: cannot write to the spool "
-                                    f"{self._dir} ({error}): windows wait in memory")
 
     def _reserve_locked(self, item: _Queued) -> bytes | None:
         """The window's spool record, its bytes counted against the bound; None when
@@ -535,8 +538,7 @@ class Delivery:
     def _index_locked(self, item: _Queued, data: bytes, written: Path | OSError) -> None:
         """Record a reserved window as spooled, or as dropped when its write failed."""
         if isinstance(written, OSError):
-            self._spool_total -= len(data)
-            self._spool_retry_at = time.monotonic() + self._retry_max
+            self._release_locked(data)
             self._drop_locked("write", f"cannot write spool file for seq={item.seq}: "
                                        f"{written}")
             return
