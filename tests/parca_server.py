@@ -19,7 +19,7 @@ import re
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -192,8 +192,7 @@ class ParcaServer:
             except Invalid as e:
                 self._rejected.append(str(e))
                 continue
-            self._received.extend(Received(r.labels, r.profile, at, r.gzipped, r.normalized)
-                                  for r in records)
+            self._received.extend(replace(r, at=at) for r in records)
         self._unchecked.clear()
 
     def start(self) -> ParcaServer:
