@@ -7,16 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from goprof.agent import discovery
 from goprof.agent.discovery import Discovery, ProcessFilter
 
 from tests import gobuild
-
-
-@pytest.fixture(scope="module")
-def cpusplit_plain() -> gobuild.GoBinary:
-    return gobuild.build("cpusplit", "go1.26", "normal")
 
 
 class _Wrapper:
