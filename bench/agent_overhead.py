@@ -37,6 +37,7 @@ from goprof.exporters import pprof  # noqa: E402
 from goprof.exporters.parca import ParcaSink  # noqa: E402
 from goprof.exporters.sink import WindowProfile  # noqa: E402
 from goprof.model import Frame, Location, Mapping, Profile, Sample, ValueType  # noqa: E402
+from goprof.targets import stat_fields  # noqa: E402
 
 from tests import gobuild  # noqa: E402
 from tests.helpers import goprof_command  # noqa: E402
@@ -46,8 +47,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)  # after the comm: utime and stime are the 12th and 13th
+    if fields is None:
+        raise SystemExit(f"the agent (pid {pid}) exited during the run")
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
