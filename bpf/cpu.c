@@ -7,6 +7,11 @@
 // one per window: user space drains and empties one set while samples go to the
 // other, so windows have no gaps and the maps never fill over a long run.
 //
+// A target that execs keeps its pid but runs another program: on_exec (the
+// sched_process_exec raw tracepoint) gives it a new generation, which every
+// later sample carries in its key, and records the exec for user space, which
+// then names those samples from the new image.
+//
 // Map sizes below are placeholders: goprof compiles this once (bcc), caches the
 // bytecode, and creates the maps itself with sizes computed from the frequency,
 // the drain interval and the CPU count.
@@ -39,9 +44,18 @@ struct sample_key {
     // walk skips its caller; this is the caller's return address then. User
     // space knows from the symbolizer (pcsp table) whether to use it.
     u64 leaf_ret;
+    u32 generation;  // execs of the target seen since it was added (0: the first image)
+    u32 pad;
 };
 
-BPF_HASH(targets, u32, u8, 64);
+// An exec of a target, as user space reads it: (tgid, its new generation) -> when.
+struct exec_key {
+    u32 pid;
+    u32 generation;
+};
+
+BPF_HASH(targets, u32, u32, 64);  // tgid -> generation
+BPF_HASH(execs, struct exec_key, u64, 64);  // -> bpf_ktime_get_ns() of the exec
 BPF_ARRAY(config, u32, 4);
 BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
 BPF_STACK_TRACE(stacks0, 1024);
@@ -58,7 +72,8 @@ static inline void count_error(int slot) {
 int on_cpu_sample(struct bpf_perf_event_data *ctx) {
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
-    if (!targets.lookup(&tgid))
+    u32 *generation = targets.lookup(&tgid);
+    if (!generation)
         return 0;
     count_error(ERR_SAMPLES);
 
@@ -73,6 +88,7 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx) {
     struct sample_key key = {};
     key.pid = tgid;
     key.tid = (u32)id;
+    key.generation = *generation;
     key.kernel_stack = -1;
     int user_mode = (ctx->regs.cs & 3) == 3;
     u64 user_sp = ctx->regs.sp;
@@ -113,5 +129,21 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx) {
         __sync_fetch_and_add(count, 1);
     else
         count_error(ERR_COUNTS_FULL);
+    return 0;
+}
+
+// sched_process_exec(task, old_pid, bprm), run by the task that exec'd once its new
+// image is in place: after de_thread() it is the thread group leader, so the tgid
+// is the target's pid even when another thread called exec.
+int on_exec(struct bpf_raw_tracepoint_args *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u32 *generation = targets.lookup(&tgid);
+    if (!generation)
+        return 0;
+    u32 next = *generation + 1;
+    *generation = next;
+    struct exec_key key = {.pid = tgid, .generation = next};
+    u64 now = bpf_ktime_get_ns();
+    execs.update(&key, &now);  // full (user space away for long): that exec goes unnamed
     return 0;
 }

@@ -17,6 +17,12 @@
 //                     handed out since; a stack is taken only when a per-CPU
 //                     byte counter crosses an exponentially drawn threshold.
 //
+// A target that execs runs another binary under the same pid: on_exec (the
+// sched_process_exec raw tracepoint) gives it a new generation, carried by every
+// later event's key, and sets it aside (not ready) until user space has read the
+// new image and given its offsets: offsets of the old Go version must not be
+// applied to the new one.
+//
 // Allocations are counted in the kernel by (pid, user stack, word at the stack
 // pointer, size), in two window sets as in cpu.c. Map sizes below are
 // placeholders: user space creates the maps with its own sizes.
@@ -32,6 +38,7 @@
 #define ERR_COUNTS_FULL 3     // the counts map had no room: the event is lost
 #define ERR_MORESTACK 4       // hits skipped: the stack grows and the function restarts
 #define ERR_READ 5            // runtime structures that could not be read (span method)
+#define ERR_EXEC_PENDING 6    // hits in a target that exec'd, before user space re-read it
 #define ERR_SAMPLED 9         // events counted with a stack
 #define ERR_SLOTS 16
 
@@ -48,6 +55,8 @@
 struct target_info {
     u32 mcache_alloc;         // offsetof(mcache, alloc): [numSpanClasses]*mspan
     u32 span_alloc_count;     // offsetof(mspan, allocCount), uint16
+    u32 generation;           // execs seen since the target was added
+    u32 ready;                // 0 from an exec until user space gives the new offsets
 };
 
 // Span method, per CPU: one lookup a hit (these programs run ~100k times a second
@@ -66,6 +75,14 @@ struct alloc_key {
     // yet, so the frame-pointer walk skips its caller; this is its return address.
     u64 leaf_ret;
     u64 size;                 // sampled/exact: object size; span: bytes of the event
+    u32 generation;           // the target's generation (see on_exec)
+    u32 pad;
+};
+
+// An exec of a target, as user space reads it: (tgid, its new generation) -> when.
+struct exec_key {
+    u32 pid;
+    u32 generation;
 };
 
 struct alloc_value {
@@ -75,6 +92,7 @@ struct alloc_value {
 };
 
 BPF_HASH(targets, u32, struct target_info, 64);
+BPF_HASH(execs, struct exec_key, u64, 64);  // -> bpf_ktime_get_ns() of the exec
 BPF_ARRAY(config, u32, 4);
 BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
 BPF_ARRAY(thresholds, u64, THRESHOLDS);   // exponential draws in bytes, from user space
@@ -96,6 +114,10 @@ static inline u32 target_hit(struct pt_regs *ctx, struct target_info **info) {
     *info = targets.lookup(&tgid);
     if (!*info)
         return 0;
+    if (!(*info)->ready) {
+        count_error(ERR_EXEC_PENDING, 1);
+        return 0;
+    }
     if (ctx->flags & FLAGS_CF_ZF) {
         count_error(ERR_MORESTACK, 1);
         return 0;
@@ -110,7 +132,8 @@ static inline void add_value(struct alloc_value *v, u64 objects, u64 bytes) {
     __sync_fetch_and_add(&v->bytes, bytes);
 }
 
-static inline void record(struct pt_regs *ctx, u32 pid, u64 size, u64 objects, u64 bytes) {
+static inline void record(struct pt_regs *ctx, u32 pid, u32 generation, u64 size,
+                          u64 objects, u64 bytes) {
     int slot = CONFIG_WINDOW;
     u32 *window_slot = config.lookup(&slot);
     if (!window_slot)
@@ -119,6 +142,7 @@ static inline void record(struct pt_regs *ctx, u32 pid, u64 size, u64 objects, u
 
     struct alloc_key key = {};
     key.pid = pid;
+    key.generation = generation;
     key.size = size;
     bpf_probe_read_user(&key.leaf_ret, sizeof(key.leaf_ret), (void *)ctx->sp);
     key.user_stack = window ? stacks1.get_stackid(ctx, BPF_F_USER_STACK)
@@ -153,7 +177,8 @@ static inline s64 draw_threshold(void) {
 // Span method: every event is added to the exact totals; a stack is taken when
 // the bytes since the last one cross a fresh exponential threshold, as Go's own
 // sampler does per allocation (so P(sampled) = 1 - exp(-bytes/rate)).
-static inline void span_event(struct pt_regs *ctx, u32 pid, u64 bytes, u64 objects) {
+static inline void span_event(struct pt_regs *ctx, u32 pid, u32 generation, u64 bytes,
+                              u64 objects) {
     int zero = 0;
     struct span_state *st = span_states.lookup(&zero);
     if (!st)
@@ -170,7 +195,7 @@ static inline void span_event(struct pt_regs *ctx, u32 pid, u64 bytes, u64 objec
         return;
     }
     st->until_sample = draw_threshold();
-    record(ctx, pid, bytes, objects, bytes);
+    record(ctx, pid, generation, bytes, objects, bytes);
 }
 
 int on_sampled_alloc(struct pt_regs *ctx) {
@@ -179,7 +204,7 @@ int on_sampled_alloc(struct pt_regs *ctx) {
     if (!pid)
         return 0;
     u64 size = ctx->cx;
-    record(ctx, pid, size, 1, size);
+    record(ctx, pid, info->generation, size, 1, size);
     return 0;
 }
 
@@ -189,7 +214,7 @@ int on_malloc(struct pt_regs *ctx) {
     if (!pid)
         return 0;
     u64 size = ctx->ax;
-    record(ctx, pid, size, 1, size);
+    record(ctx, pid, info->generation, size, 1, size);
     return 0;
 }
 
@@ -216,7 +241,7 @@ int on_refill(struct pt_regs *ctx) {
     if (alloc_count <= before)
         return 0;   // the empty placeholder span, or nothing handed out
     u64 objects = alloc_count - before;
-    span_event(ctx, pid, objects * elemsize, objects);
+    span_event(ctx, pid, info->generation, objects * elemsize, objects);
     return 0;
 }
 
@@ -228,6 +253,22 @@ int on_alloc_large(struct pt_regs *ctx) {
     // A large object gets whole 8 KiB pages.
     u64 size = ctx->bx;
     u64 pages = (size + (1 << PAGE_SHIFT_GO) - 1) >> PAGE_SHIFT_GO;
-    span_event(ctx, pid, pages << PAGE_SHIFT_GO, 1);
+    span_event(ctx, pid, info->generation, pages << PAGE_SHIFT_GO, 1);
+    return 0;
+}
+
+// sched_process_exec: as in cpu.c, and the target waits (not ready) for its new
+// image's offsets.
+int on_exec(struct bpf_raw_tracepoint_args *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct target_info *info = targets.lookup(&tgid);
+    if (!info)
+        return 0;
+    u32 next = info->generation + 1;
+    info->generation = next;
+    info->ready = 0;
+    struct exec_key key = {.pid = tgid, .generation = next};
+    u64 now = bpf_ktime_get_ns();
+    execs.update(&key, &now);
     return 0;
 }

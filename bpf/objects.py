@@ -161,9 +161,12 @@ def check_bcc_ready() -> None:
 
 def load(obj: CompiledObject, sizes: dict[str, int] | None = None,
          value_sizes: dict[str, int] | None = None,
-         prog_type: int = syscalls.PROG_PERF_EVENT) -> LoadedObject:
-    """Creates the object's maps (sizes override max_entries) and loads its programs."""
+         prog_type: int = syscalls.PROG_PERF_EVENT,
+         prog_types: dict[str, int] | None = None) -> LoadedObject:
+    """Creates the object's maps (sizes override max_entries) and loads its programs,
+    each as `prog_type` unless `prog_types` names another type for it."""
     sizes = sizes or {}
+    prog_types = prog_types or {}
     value_sizes = value_sizes or {}
     loaded = LoadedObject(maps={})
     try:
@@ -174,7 +177,7 @@ def load(obj: CompiledObject, sizes: dict[str, int] | None = None,
         fd_map = {spec.fd: loaded.maps[spec.name].fd for spec in obj.maps.values()}
         for name, code in obj.programs.items():
             loaded.programs[name] = syscalls.load_program(
-                prog_type, relocate(code, fd_map), name[:15], obj.license)
+                prog_types.get(name, prog_type), relocate(code, fd_map), name[:15], obj.license)
     except BaseException:
         loaded.close()
         raise

@@ -36,6 +36,7 @@ BPF_PROG_LOAD = 5
 BPF_PROG_GET_NEXT_ID = 11
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 
 # enum bpf_map_type
@@ -47,6 +48,7 @@ MAP_STACK_TRACE = 7
 # enum bpf_prog_type
 PROG_KPROBE = 2  # also the type of uprobe programs
 PROG_PERF_EVENT = 7
+PROG_RAW_TRACEPOINT = 17
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -364,6 +366,18 @@ def uprobe_open(path: str, file_offset: int, pid: int = -1, cpu: int = 0) -> int
         err = ctypes.get_errno()
         raise BPFError(err, f"uprobe on {path}+{file_offset:#x} (cpu {cpu}): {os.strerror(err)}")
     return fd
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """Attaches a raw tracepoint program (no tracefs needed); closing the returned fd
+    detaches it."""
+    c_name = ctypes.create_string_buffer(name.encode())
+    attr = _attr(16)
+    struct.pack_into("<QI", attr, 0, _addr(c_name), prog_fd)
+    try:
+        return _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+    except BPFError as e:
+        raise BPFError(e.errno, f"raw tracepoint {name}: {os.strerror(e.errno)}") from None
 
 
 def _ioctl(fd: int, request: int, arg: int = 0) -> None:

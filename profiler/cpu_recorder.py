@@ -27,7 +27,8 @@ ERR_KERNEL_STACK = 4
 ERR_COUNTS_FULL = 5
 ERR_SLOTS = 8
 
-SAMPLE_KEY = struct.Struct("<IIiiQ")  # pid, tid, user_stack, kernel_stack, leaf_ret
+# pid, tid, user_stack, kernel_stack, leaf_ret, generation, padding
+SAMPLE_KEY = struct.Struct("<IIiiQII")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RawSample:
     kernel: tuple[int, ...]
     leaf_ret: int
     count: int
+    generation: int = 0  # the target's execs before this sample (0: its first image)
 
 
 @dataclass
@@ -111,7 +113,12 @@ class CpuRecorder(WindowedMaps):
 
     # -- targets --------------------------------------------------------------
     def add_target(self, pid: int) -> None:
-        self.map("targets").update(struct.pack("<I", pid), b"\x01")
+        self.map("targets").update(struct.pack("<I", pid), struct.pack("<I", 0))
+
+    def generation(self, pid: int) -> int | None:
+        """The target's current generation (its execs so far), None when not a target."""
+        raw = self.map("targets").lookup(struct.pack("<I", pid))
+        return struct.unpack("<I", raw)[0] if raw is not None else None
 
     def remove_target(self, pid: int) -> None:
         self.map("targets").delete(struct.pack("<I", pid))
@@ -130,12 +137,13 @@ class CpuRecorder(WindowedMaps):
         stack = self.stack_reader(w)
         out = Window()
         for key, value in counts.take_all():
-            pid, tid, ustack, kstack, leaf_ret = SAMPLE_KEY.unpack(key)
+            pid, tid, ustack, kstack, leaf_ret, generation, _ = SAMPLE_KEY.unpack(key)
             (count,) = struct.unpack("<Q", value)
             user = stack(ustack)
             if len(user) >= self.stack_depth:
                 out.stats.truncated += count
-            out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count))
+            out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count,
+                                         generation))
             out.stats.counted += count
         self.map(f"stacks{w}").clear()
         totals = self.take_errors()

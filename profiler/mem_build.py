@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from goprof.build import ProfileBuilder
+from goprof.build import ImageKey, ProfileBuilder, image_key
 from goprof.mem_recorder import AllocSample, MemStats
 from goprof.model import Location, Profile, Sample, ValueType
 
@@ -68,7 +68,7 @@ def _specialized_call_from_mallocgc(locations: list[Location]) -> bool:
 
 
 class AllocProfileBuilder:
-    def __init__(self, builder: ProfileBuilder, methods: dict[int, MethodChoice]) -> None:
+    def __init__(self, builder: ProfileBuilder, methods: dict[ImageKey, MethodChoice]) -> None:
         self.builder = builder
         self.methods = methods
         self.deduplicated = 0  # exact: specialized hits under mallocgc, not counted twice
@@ -78,10 +78,10 @@ class AllocProfileBuilder:
               ) -> Profile:
         """normalize_span: scale span estimates to the kernel's exact totals, which are
         per run, not per process: only right when one process used the span method."""
-        merged: dict[tuple[int, tuple[int, ...], int, int], list[int]] = defaultdict(
+        merged: dict[tuple[int, tuple[int, ...], int, int, int], list[int]] = defaultdict(
             lambda: [0, 0, 0])
         for s in samples:
-            acc = merged[(s.pid, s.user, s.leaf_ret, s.size)]
+            acc = merged[(s.pid, s.user, s.leaf_ret, s.size, s.generation)]
             acc[0] += s.events
             acc[1] += s.objects
             acc[2] += s.bytes
@@ -91,17 +91,19 @@ class AllocProfileBuilder:
                           duration_nanos=duration_nanos, comments=comments,
                           default_sample_type="alloc_space")
         span: list[tuple[Sample, float, float]] = []  # span samples, unnormalized estimates
-        for (pid, user, leaf_ret, size), (events, objects, nbytes) in merged.items():
-            choice = self.methods.get(pid)
+        for (pid, user, leaf_ret, size, generation), (events, objects, nbytes) in \
+                merged.items():
+            image = image_key(pid, generation)
+            choice = self.methods.get(image)
             if choice is None:
                 continue
-            locations = self.builder.user_locations(pid, user, leaf_ret, events)
+            locations = self.builder.user_locations(pid, user, leaf_ret, events, generation)
             if choice.method == "exact" and _specialized_call_from_mallocgc(locations):
                 self.deduplicated += events
                 continue
             locations = trim_runtime(locations)
             self.builder.count_frames(locations, events, kernel=False)
-            labels = {"pid": str(pid), "comm": self.builder.comms.get(pid, "?")}
+            labels = {"pid": str(pid), "comm": self.builder.comms.get(image, "?")}
             sample = Sample(tuple(locations), (0, 0), labels)
             if choice.method == "span":
                 w = 1 / -math.expm1(-size / choice.rate) if size else 0.0

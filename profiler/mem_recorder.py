@@ -28,13 +28,15 @@ ERR_STACK = 2
 ERR_COUNTS_FULL = 3
 ERR_MORESTACK = 4
 ERR_READ = 5
+ERR_EXEC_PENDING = 6
 ERR_SAMPLED = 9
 ERR_SLOTS = 16
 
 THRESHOLDS = 1024
-ALLOC_KEY = struct.Struct("<IiQQ")  # pid, user_stack, leaf_ret, size
+ALLOC_KEY = struct.Struct("<IiQQII")  # pid, user_stack, leaf_ret, size, generation, padding
 ALLOC_VALUE = struct.Struct("<QQQ")  # events, objects, bytes
-TARGET_INFO = struct.Struct("<II")  # offsets: mcache.alloc, mspan.allocCount
+# offsets (mcache.alloc, mspan.allocCount), generation, ready
+TARGET_INFO = struct.Struct("<IIII")
 SPAN_STATE = struct.Struct("<qQQQ")  # until_sample, bytes, objects, events (per CPU)
 
 # Map sizes: distinct (stack, size) keys one window can hold; a STACK_TRACE map
@@ -53,6 +55,7 @@ class AllocSample:
     events: int
     objects: int
     bytes: int
+    generation: int = 0  # the target's execs before this event (0: its first image)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class MemStats(Counters):
     counts_full: int = 0
     morestack: int = 0  # hits skipped: the function restarts on a grown stack
     read_errors: int = 0
+    exec_pending: int = 0  # hits in a target that exec'd, before its new image was read
     truncated: int = 0
     missed_runs: int = 0
     span_bytes: int = 0  # span method: exact totals
@@ -143,10 +147,18 @@ class MemRecorder(WindowedMaps):
             os.close(fd)
 
     # -- targets --------------------------------------------------------------
-    def add_target(self, pid: int, layout: tuple[int, int] = (0, 0)) -> None:
+    def add_target(self, pid: int, layout: tuple[int, int] = (0, 0), generation: int = 0
+                   ) -> None:
         """layout: the span method's offsets (mcache.alloc, mspan.allocCount) of the
-        target's Go version (bpf/mem.c says what it assumes of the fields after)."""
-        self.map("targets").update(struct.pack("<I", pid), TARGET_INFO.pack(*layout))
+        target's Go version (bpf/mem.c says what it assumes of the fields after);
+        generation: the image they belong to (after an exec, the one it announced)."""
+        self.map("targets").update(struct.pack("<I", pid),
+                                   TARGET_INFO.pack(*layout, generation, 1))
+
+    def generation(self, pid: int) -> int | None:
+        """The target's current generation (its execs so far), None when not a target."""
+        raw = self.map("targets").lookup(struct.pack("<I", pid))
+        return TARGET_INFO.unpack(raw)[2] if raw is not None else None
 
     def remove_target(self, pid: int) -> None:
         self.map("targets").delete(struct.pack("<I", pid))
@@ -163,12 +175,13 @@ class MemRecorder(WindowedMaps):
         stack = self.stack_reader(w)
         out = MemWindow()
         for key, value in counts.take_all():
-            pid, ustack, leaf_ret, size = ALLOC_KEY.unpack(key)
+            pid, ustack, leaf_ret, size, generation, _ = ALLOC_KEY.unpack(key)
             events, objects_, bytes_ = ALLOC_VALUE.unpack(value)
             user = stack(ustack)
             if len(user) >= self.stack_depth:
                 out.stats.truncated += events
-            out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_))
+            out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_,
+                                           generation))
             out.stats.counted += events
         self.map(f"stacks{w}").clear()
         t = self.take_errors()
@@ -176,6 +189,7 @@ class MemRecorder(WindowedMaps):
         s.hits, s.sampled, s.collisions = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_COLLISION]
         s.stack_errors, s.counts_full = t[ERR_STACK], t[ERR_COUNTS_FULL]
         s.morestack, s.read_errors = t[ERR_MORESTACK], t[ERR_READ]
+        s.exec_pending = t[ERR_EXEC_PENDING]
         s.span_bytes, s.span_objects, s.span_events = self._take_span_totals()
         missed = self.program_stats()["recursion_misses"]
         s.missed_runs = missed - self._missed_before

@@ -18,12 +18,27 @@ from goprof.bpf import objects, syscalls
 from goprof.errors import EnvironmentProblem
 
 CONFIG_WINDOW = 0  # the config[] slot both programs read the window from
+EXEC_PROGRAM = "on_exec"  # both objects' sched_process_exec program (see bpf/cpu.c)
+EXEC_KEY = struct.Struct("<II")  # pid, generation
 
 # How long program runs already under way may still write to the old window after
 # a flip. A perf_event program runs in interrupt context for microseconds; a uprobe
 # program runs in the probed task and can be preempted, so it gets longer (what
 # still comes late is lost, and counted).
 FLIP_GRACE_S = 0.005
+
+
+@dataclass(frozen=True)
+class ExecEvent:
+    """A target exec'd: from now on its samples carry `generation`."""
+
+    pid: int
+    generation: int
+    monotonic_ns: int  # bpf_ktime_get_ns(): CLOCK_MONOTONIC, as time.monotonic_ns()
+
+    @property
+    def wall_time(self) -> float:
+        return time.time() - (time.monotonic_ns() - self.monotonic_ns) / 1e9
 
 
 @dataclass
@@ -43,15 +58,22 @@ class WindowedMaps:
         self.compiled_from_cache = False
         self.stack_depth = 0  # frames a stack-map entry holds
         self.events: list[int] = []  # perf event fds with a program attached
+        self.links: list[int] = []  # raw tracepoint fds (closing one detaches it)
         self._error_slots = error_slots
         self._errors_before = [0] * error_slots
 
     def load(self, source: str, programs: list[str], sizes: dict[str, int],
              prog_type: int) -> None:
-        """The compiled object (cache, else compiled now) with its maps created at `sizes`."""
+        """The compiled object (cache, else compiled now) with its maps created at `sizes`;
+        its exec program is attached at once (it only counts execs of targets)."""
+        programs = [*programs, EXEC_PROGRAM]
+        sizes = {"execs": sizes.get("targets", 64), **sizes}
         obj, self.compiled_from_cache = objects.compiled(source, programs)
         try:
-            self.loaded = objects.load(obj, sizes=sizes, prog_type=prog_type)
+            self.loaded = objects.load(obj, sizes=sizes, prog_type=prog_type,
+                                       prog_types={EXEC_PROGRAM: syscalls.PROG_RAW_TRACEPOINT})
+            self.links.append(syscalls.raw_tracepoint_open(
+                "sched_process_exec", self.loaded.programs[EXEC_PROGRAM]))
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
                                      "`goprof doctor` says what this kernel allows") from None
@@ -68,9 +90,10 @@ class WindowedMaps:
 
     def close(self) -> None:
         """Detaches everything (closing the fds is enough: so does our death)."""
-        for fd in self.events:
+        for fd in self.events + self.links:
             os.close(fd)
         self.events.clear()
+        self.links.clear()
         if self.loaded is not None:
             self.loaded.close()
             self.loaded = None
@@ -78,6 +101,12 @@ class WindowedMaps:
     def map(self, name: str) -> syscalls.Map:
         assert self.loaded is not None, "open() first"
         return self.loaded.maps[name]
+
+    def take_execs(self) -> list[ExecEvent]:
+        """Execs of targets since the last call, oldest first (one syscall when none)."""
+        events = [ExecEvent(*EXEC_KEY.unpack(k), struct.unpack("<Q", v)[0])
+                  for k, v in self.map("execs").take_all()]
+        return sorted(events, key=lambda e: (e.monotonic_ns, e.generation))
 
     def set_config(self, slot: int, value: int) -> None:
         self.map("config").update(struct.pack("<I", slot), struct.pack("<I", value))
