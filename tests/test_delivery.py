@@ -5,6 +5,8 @@ real Parca and Pyroscope sinks are tested elsewhere)."""
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -16,6 +18,8 @@ from goprof.agent.delivery import Delivery
 from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tests.conftest import requires_root
 
 FAST = {"retry_initial_s": 0.005, "retry_max_s": 0.02}
 LOGGER = "goprof.agent.delivery"
@@ -92,6 +96,29 @@ def until(pred, timeout: float = 5.0) -> bool:
 def spool_files(root: Path) -> list[str]:
     d = root / FakeSink.name
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+# "sink fake: [at stop: ]N window(s) dropped[ since the last report] (why); T dropped in total"
+DROP_LINE = re.compile(
+    r"^sink \w+: (?:at stop: )?(\d+) windows? dropped.*; (\d+) dropped in total$")
+STOP_TOTAL = re.compile(r"^sink \w+: at stop: (\d+) dropped in total, none since")
+
+
+def drop_lines(caplog) -> list[tuple[int, int]]:
+    """(windows dropped since the line before, total) of each drop line logged."""
+    return [(int(m[1]), int(m[2])) for r in caplog.records
+            if (m := DROP_LINE.match(r.getMessage()))]
+
+
+def stop_total(caplog) -> int | None:
+    """The total that close()'s line states."""
+    for r in reversed(caplog.records):
+        msg = r.getMessage()
+        if m := STOP_TOTAL.match(msg):
+            return int(m[1])
+        if msg.startswith("sink ") and "at stop: " in msg and (m := DROP_LINE.match(msg)):
+            return int(m[2])
+    return None
 
 
 def go_down(d: Delivery, sink: FakeSink, first: int = 1) -> None:
@@ -215,8 +242,9 @@ def test_spool_full_drops_new_windows_and_recovers(tmp_path, caplog):
     s = d.stats()
     assert s.spooled_windows == 5 and s.spooled_bytes <= 5 * size
     assert s.dropped == 15
-    drops = [r.message for r in caplog.records if "dropped a window" in r.message]
+    drops = [r.message for r in caplog.records if DROP_LINE.match(r.message)]
     assert len(drops) == 1 and "spool" in drops[0] and "full" in drops[0]  # rate-limited
+    assert drop_lines(caplog) == [(1, 1)]  # the first at once; the others wait their turn
     sink.up = True
     assert d.wait_idle(5)  # until the spool drains, new windows may find it full
     for i in range(21, 26):
@@ -225,6 +253,7 @@ def test_spool_full_drops_new_windows_and_recovers(tmp_path, caplog):
     d.close()
     assert sink.got == [1, 2, 3, 4, 5, 21, 22, 23, 24, 25]  # the oldest kept, in order
     assert d.stats().delivered + d.stats().dropped == 25
+    assert drop_lines(caplog) == [(1, 1), (14, 15)]  # the rest, with the total, at stop
 
 
 def test_memory_only_queue_full_drops_new_windows():
@@ -431,3 +460,83 @@ def test_random_schedule_delivers_in_order(ops, spooled, queue_size, spool_windo
         assert len(got) + dropped == submitted
         if spooled and spool_windows == 1000:
             assert got == list(range(1, submitted + 1))  # nothing dropped: all of them
+
+
+# -- drops: every one counted in the log, rate-limited, the total at stop ----------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs: the spool's disk, full after a few windows."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@requires_root
+def test_full_disk_drops_are_all_in_the_log_with_the_total_at_stop(full_disk, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    sink = FakeSink()
+    d = Delivery(sink, spool_dir=full_disk, queue_size=3, retry_initial_s=0.005,
+                 retry_max_s=0.02)  # the spool is tried again (and fails) every 20 ms
+    d.start()
+    go_down(d, sink)
+    for i in range(2, 61):
+        d.submit(win(i, 10_000))  # six fit on the 64 KiB disk
+        time.sleep(0.002)
+    d.close(timeout_s=1)
+    s = d.stats()
+    assert s.spooled_windows + s.dropped == 60 and s.queued == 0
+    assert s.dropped >= 40, s  # the disk held only a few
+    lines = drop_lines(caplog)
+    assert sum(n for n, _ in lines) == s.dropped, lines  # the log accounts for every drop
+    assert [t for _, t in lines] == sorted(t for _, t in lines) and lines[-1][1] == s.dropped
+    assert stop_total(caplog) == s.dropped
+    assert len(lines) <= 3, lines  # the first at once, then at most one a minute, at stop
+    reasons = " ".join(r.getMessage() for r in caplog.records if DROP_LINE.match(r.getMessage()))
+    assert "No space left on device" in reasons or "memory queue full" in reasons, reasons
+
+
+def test_drop_lines_come_due_without_another_drop_and_add_up(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    sink = FakeSink()
+    d = Delivery(sink, spool_dir=None, queue_size=2, drop_log_interval_s=0.2, **FAST)
+    d.start()
+    go_down(d, sink)  # window 1 in memory, the sink down: memory holds one more
+    for i in range(2, 8):
+        d.submit(win(i))  # 2 fits, 3..7 are dropped: one line at once, four wait
+    assert drop_lines(caplog) == [(1, 1)]
+    # No further drop: the worker writes the waiting line once it is due.
+    assert until(lambda: len(drop_lines(caplog)) == 2, 5), drop_lines(caplog)
+    assert drop_lines(caplog)[1] == (4, 5)
+    assert "since the last report" in caplog.records[-1].getMessage()
+    d.submit(win(8))
+    d.close(timeout_s=0.1)  # 1 and 2 are lost with no spool; 8 waits at stop
+    s = d.stats()
+    assert s.dropped == 8
+    lines = drop_lines(caplog)
+    assert sum(n for n, _ in lines) == 8 and lines[-1][1] == 8, lines
+    assert stop_total(caplog) == 8
+    assert "undelivered at shutdown" in caplog.records[-1].getMessage()
+
+
+def test_the_stop_line_states_the_total_when_nothing_is_left_to_report(caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    sink = FakeSink()
+    d = Delivery(sink, spool_dir=None, queue_size=1, **FAST)  # never started
+    d.submit(win(1))
+    d.submit(win(2))  # memory full: dropped, its line at once
+    assert drop_lines(caplog) == [(1, 1)]
+    sink_lines = len(caplog.records)
+    d.close(timeout_s=0.1)  # window 1 lost: no spool
+    assert drop_lines(caplog) == [(1, 1), (1, 2)]
+    assert stop_total(caplog) == 2 and len(caplog.records) == sink_lines + 1
+    d.submit(win(3))  # after close: its own line at once
+    assert drop_lines(caplog)[-1] == (1, 3)

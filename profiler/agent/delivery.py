@@ -47,8 +47,11 @@ the spool is tried again retry_max_s later; a write that fails on submit's overf
 at close drops its window. A spool file
 that cannot be read back (torn, corrupt) is deleted. Without a spool_dir, delivery
 is memory only and a window that finds memory full is dropped. All of these count
-in `dropped` and are logged (drops at most once a minute per reason, with the
-running count); submit never raises.
+in `dropped` and are logged: at most one line per sink every drop_log_interval_s
+(a minute), saying how many windows were dropped since the last such line, why, and
+the total; the worker writes a line that is due even when no further drop comes, and
+close() writes the rest with the total at stop (drops after that get a line each). So
+the logged counts add up to `dropped`. submit never raises.
 
 Thread safety: one lock (a Condition) guards all bookkeeping; the network send, the
 worker's spool writes and reading a spool file back happen outside it. (Spool
@@ -116,7 +119,8 @@ class Delivery:
     def __init__(self, sink: Sink, *, spool_dir: Path | None, queue_size: int | None = None,
                  queue_bytes: int = 64 << 20, spool_bytes: int = 512 << 20,
                  retry_initial_s: float = 1.0, retry_max_s: float = 30.0,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None,
+                 drop_log_interval_s: float = _DROP_LOG_INTERVAL_S) -> None:
         if queue_size is not None and queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         if queue_bytes < 1:
@@ -156,6 +160,12 @@ class Delivery:
         self._dropped = 0
         self._last_success: float | None = None
         self._last_drop_log: dict[str, float] = {}
+        # Drops not yet in a log line: how many, and the latest message per reason.
+        self._drop_log_interval = drop_log_interval_s
+        self._drops_unlogged = 0
+        self._drop_reasons: dict[str, str] = {}
+        self._drop_line_at: float | None = None  # monotonic time of the last drop line
+        self._stop_reported = False  # close() wrote the total: later drops log at once
 
         self._next_seq = 1
         if self._dir is not None:
@@ -189,7 +199,7 @@ class Delivery:
             elif not self._spool_usable() and not self._closing:
                 self._drop_locked("memory", f"memory queue full ({self._mem_bound()})")
             elif self._dir is None:
-                self._drop_locked("memory", "closing, and no spool directory")
+                self._drop_locked("closing", "submitted while closing, and no spool directory")
             else:
                 self._flush_memory_locked()
                 self._spool_locked([item])
@@ -221,11 +231,11 @@ class Delivery:
             if self._dir is not None:
                 self._flush_memory_locked()
             elif self._mem:
-                n = len(self._mem)
-                self._dropped += n
-                self._log.warning("sink %s: %d undelivered windows lost at shutdown "
-                                  "(no spool directory)", self._name, n)
+                self._drop_locked("shutdown", "undelivered at shutdown, no spool directory",
+                                  len(self._mem))
                 self._mem_clear()
+            self._report_drops_locked(at_stop=True)
+            self._stop_reported = True
             self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -261,6 +271,7 @@ class Delivery:
             spill: list[_Queued] = []
             with self._cond:
                 while True:
+                    self._report_drops_locked()  # a line that came due with no new drop
                     if self._closed or (self._closing and (
                             not self._up or time.monotonic() >= self._deadline)):
                         return
@@ -270,14 +281,16 @@ class Delivery:
                         break
                     wait = retry_at - time.monotonic()
                     if not self._up and wait > 0:
-                        self._cond.wait(wait)  # woken early by submit (to spill) or close
+                        # woken early by submit (to spill), close, or a drop line due
+                        due = self._drop_line_wait_locked()
+                        self._cond.wait(wait if due is None else min(wait, due))
                         continue
                     head = self._take_locked()
                     if head is not None:
                         break
                     if self._closing:
                         return  # nothing left to deliver
-                    self._cond.wait()
+                    self._cond.wait(self._drop_line_wait_locked())
 
             if spill:
                 self._spill(spill)
@@ -340,7 +353,9 @@ class Delivery:
                                           str(error) or type(error).__name__, where)
                     self._put_back_locked(head)  # to the spool next, if any
                     if self._dir is None and self._closed and self._mem:
-                        self._dropped += len(self._mem)  # close() gave up on it
+                        # close() gave up on these
+                        self._drop_locked("shutdown", "undelivered at shutdown, no spool "
+                                                      "directory", len(self._mem))
                         self._mem_clear()
                     delay = min(self._retry_max,
                                 self._retry_initial * 2 ** min(failures - 1, 32))
@@ -414,10 +429,9 @@ class Delivery:
             problem = e
         with self._cond:
             self._remove_locked(entry.seq)
-            self._dropped += 1
-            self._log.warning("sink %s: dropped unreadable spool file %s (%s); "
-                              "%d windows dropped so far", self._name, entry.path, problem,
-                              self._dropped)
+            # Rare (a torn or corrupt file), and the file is worth naming: a line each.
+            self._drop_locked("unreadable", f"unreadable spool file {entry.path} "
+                                            f"({problem})", now=True)
             self._cond.notify_all()
         return None
 
@@ -539,8 +553,8 @@ class Delivery:
         """Record a reserved window as spooled, or as dropped when its write failed."""
         if isinstance(written, OSError):
             self._release_locked(data)
-            self._drop_locked("write", f"cannot write spool file for seq={item.seq}: "
-                                       f"{written}")
+            self._drop_locked("write", f"cannot write to the spool {self._dir}: "
+                                       f"{written.strerror or written}")
             return
         bisect.insort(self._spool, _Spooled(item.seq, written, len(data), item.since),
                       key=lambda e: e.seq)
@@ -581,11 +595,44 @@ class Delivery:
 
     # -- bookkeeping ----------------------------------------------------------------
 
-    def _drop_locked(self, reason: str, message: str) -> None:
-        """Count one dropped window; log at most once a minute per reason."""
-        self._dropped += 1
-        self._warn_limited(reason, f"sink {self._name}: dropped a window: {message}; "
-                                   f"{self._dropped} windows dropped so far")
+    def _drop_locked(self, reason: str, message: str, count: int = 1,
+                     now: bool = False) -> None:
+        """Count dropped windows; the log line may wait (see _report_drops_locked)."""
+        self._dropped += count
+        self._drops_unlogged += count
+        self._drop_reasons[reason] = message
+        self._report_drops_locked(now=now or self._stop_reported)
+
+    def _report_drops_locked(self, now: bool = False, at_stop: bool = False) -> None:
+        """One line for the drops not logged yet, at most one per drop_log_interval_s
+        (unless `now` or `at_stop`), with the total; at stop, the total even when
+        every drop was logged already."""
+        n = self._drops_unlogged
+        due = self._drop_line_wait_locked() == 0.0
+        if at_stop and not n:
+            if self._dropped:
+                self._log.warning("sink %s: at stop: %d dropped in total, none since the "
+                                  "last report", self._name, self._dropped)
+            return
+        if not n or not (now or at_stop or due):
+            return
+        since = " since the last report" if self._drop_line_at is not None else ""
+        self._log.warning("sink %s: %s%d %s dropped%s (%s); %d dropped in total",
+                          self._name, "at stop: " if at_stop else "", n,
+                          "window" if n == 1 else "windows", since,
+                          "; ".join(self._drop_reasons.values()), self._dropped)
+        self._drops_unlogged = 0
+        self._drop_reasons.clear()
+        self._drop_line_at = time.monotonic()
+
+    def _drop_line_wait_locked(self) -> float | None:
+        """Seconds until the pending drops' line is due (0.0: now); None when none
+        is pending."""
+        if not self._drops_unlogged:
+            return None
+        if self._drop_line_at is None:
+            return 0.0
+        return max(0.0, self._drop_line_at + self._drop_log_interval - time.monotonic())
 
     def _warn_limited(self, reason: str, message: str) -> None:
         """Log at most once a minute per reason."""
