@@ -32,9 +32,43 @@ class SymbolStats:
     unnamed_addresses: set[int] = field(default_factory=set)
     cut_stacks: int = 0  # samples whose user stack was cut at a return address in no mapping
 
+    # The processes named: their symbolizers know what was damaged in their binaries.
+    symbolizers: dict[int, ProcessSymbolizer] = field(default_factory=dict, repr=False)
+
     @property
     def unnamed_frames(self) -> int:
         return self.unnamed_user_frames + self.unnamed_kernel_frames
+
+    @property
+    def damaged_functions(self) -> int:
+        """Functions, among those the profile's addresses fell in, whose pclntab or
+        symbol entries were damaged: unnamed, or named without inlined frames or
+        file:line (a bad binary must not stop the rest from being named)."""
+        return sum(len(s.damaged) for s in self.symbolizers.values())
+
+    @property
+    def unreadable_binaries(self) -> int:
+        """Mapped executables that could not be read at all: their frames are unnamed."""
+        return sum(len(s.unreadable) for s in self.symbolizers.values())
+
+    @property
+    def damaged_build_info(self) -> int:
+        """Binaries whose build info is damaged (their Go version is unknown)."""
+        return sum(len(s.bad_build_info) for s in self.symbolizers.values())
+
+    def damage_text(self) -> str:
+        """", damaged functions N, unreadable binaries M" (the non-zero ones), for the
+        end-of-run summary and the profile's comments."""
+        parts = [f"{what} {n}" for what, n in (("damaged functions", self.damaged_functions),
+                                               ("unreadable binaries", self.unreadable_binaries),
+                                               ("damaged build info", self.damaged_build_info))
+                 if n]
+        return "".join(f", {p}" for p in parts)
+
+    def damage_json(self) -> dict[str, int]:
+        return {"damaged_functions": self.damaged_functions,
+                "unreadable_binaries": self.unreadable_binaries,
+                "damaged_build_info": self.damaged_build_info}
 
 
 class ProfileBuilder:
@@ -43,7 +77,7 @@ class ProfileBuilder:
         self.symbolizers = symbolizers
         self.kernel = kernel
         self.comms = comms
-        self.stats = SymbolStats()
+        self.stats = SymbolStats(symbolizers=symbolizers)
 
     def user_locations(self, pid: int, user: tuple[int, ...], leaf_ret: int,
                        weight: int) -> list[Location]:

@@ -74,16 +74,31 @@ class GoProcess:
         if method == "exact":
             # Go 1.27 calls size-specialized malloc functions directly for small objects;
             # mallocgc's own calls to them are not counted twice (goprof.mem_build).
-            for name in size_specialized_mallocs(self.binary):
+            try:
+                specialized = size_specialized_mallocs(self.binary)
+            except SymbolizerError as e:
+                raise MethodUnavailable(f"cannot read {self.target.label}'s functions: {e}") \
+                    from None
+            for name in specialized:
                 wanted[name] = "on_malloc"
         out = []
         for function, program in wanted.items():
-            site = probe_site(self.binary, function, path=self.path)
+            try:
+                site = probe_site(self.binary, function, path=self.path)
+            except SymbolizerError as e:
+                raise MethodUnavailable(f"cannot read {function}'s code in "
+                                        f"{self.target.label}'s binary: {e}") from None
             if site is None:
                 raise MethodUnavailable(f"{function} is absent from {self.target.label}'s binary "
-                                        "or has no stack check to probe after")
+                                        "or has no stack check to probe after"
+                                        + self._damage_note())
             out.append(Site(function, program, site.file_offset))
         return out
+
+    def _damage_note(self) -> str:
+        """Why a function may be missing: its binary's function table is damaged."""
+        n = self.binary.damaged_functions
+        return f" ({n} damaged function names or records in its pclntab)" if n else ""
 
     def layout(self) -> RuntimeLayout:
         try:
@@ -117,12 +132,22 @@ def inspect(target: Target, cache: BinaryCache) -> GoProcess:
         binary = cache.get(path)
     except (OSError, SymbolizerError) as e:
         raise EnvironmentProblem(f"cannot read {target.label}'s executable: {e}") from None
+    if binary.go_error is not None:
+        raise EnvironmentProblem(f"cannot read the Go function table of {target.label}'s "
+                                 f"executable ({binary.go_error}): goprof mem finds its probe "
+                                 "sites there; `goprof cpu` still profiles it")
     if not binary.is_go:
         raise EnvironmentProblem(f"{target.label} ({target.exe}) is not a Go program (no "
                                  "Go pclntab): goprof mem profiles Go allocations only; "
                                  "`goprof cpu` profiles any program")
     proc = GoProcess(target, path, (st.st_dev, st.st_ino), binary, _load_bias(target, binary))
-    vaddr = global_address(binary, MEM_PROFILE_RATE, path=path)
+    try:
+        vaddr = global_address(binary, MEM_PROFILE_RATE, path=path)
+    except SymbolizerError as e:
+        # A damaged binary: the methods that need the rate are unavailable, said then;
+        # the others may still run.
+        proc.notes.append(f"{MEM_PROFILE_RATE} cannot be looked for: {e}")
+        vaddr = None
     if vaddr is not None:
         proc.rate_address = vaddr + proc.bias
     return proc

@@ -119,7 +119,8 @@ class MemSession(RecordingSession):
         profile.comments.append(
             f"probe hits {stats.hits}, events with a stack {stats.sampled}, lost {stats.lost}, "
             f"stack collisions {stats.collisions}, truncated stacks {stats.truncated} "
-            f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}")
+            f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}"
+            f"{builder.stats.damage_text()}")
         self.written = write_outputs(profile, self.outputs, "mem", targets)
         result = MemRunResult(profile, stats, ended_by, methods,
                               [p for p, _ in self.written], targets)
@@ -133,6 +134,7 @@ class MemSession(RecordingSession):
                 "lost": stats.lost,
                 "deduplicated": alloc.deduplicated,
                 "unnamed_frames": builder.stats.unnamed_frames,
+                **builder.stats.damage_json(),
                 "cut_stacks": builder.stats.cut_stacks,
                 "bpf_run_time_ns": bpf_stats["run_time_ns"],
                 "bpf_run_cnt": bpf_stats["run_cnt"],
@@ -244,7 +246,7 @@ class MemSession(RecordingSession):
             ("stack collisions", f"{stats.collisions}"),
             ("truncated stacks", f"{stats.truncated} at the depth limit, "
                                  f"{builder.stats.cut_stacks} cut"),
-            ("unnamed frames", f"{builder.stats.unnamed_frames}"),
+            ("unnamed frames", f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}"),
         ]
         if stats.read_errors:
             rows.append(("unreadable spans", f"{stats.read_errors}"))

@@ -315,7 +315,7 @@ class CpuSession(RecordingSession):
             f"samples {stats.counted}, lost {stats.lost}, stack collisions "
             f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
             f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
-            f"{builder.stats.unnamed_frames}")
+            f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}")
         self.written = write_outputs(profile, self.outputs, "cpu", targets)
         result = RunResult(profile, stats, ended_by, [p for p, _ in self.written], targets)
         self._print_summary(result, builder)
@@ -339,6 +339,7 @@ class CpuSession(RecordingSession):
             "user_frames": builder.stats.user_frames,
             "unnamed_user_frames": builder.stats.unnamed_user_frames,
             "unnamed_frames": builder.stats.unnamed_frames,
+            **builder.stats.damage_json(),
             "bpf_run_time_ns": bpf_stats["run_time_ns"],
             "bpf_run_cnt": bpf_stats["run_cnt"],
             "setup_s": setup_s,
@@ -376,7 +377,8 @@ class CpuSession(RecordingSession):
             ("stack collisions", f"{stats.user_collisions + stats.kernel_collisions}"),
             ("truncated stacks", f"{stats.truncated} at the depth limit, {sym.cut_stacks} cut "
                                  "where the frame-pointer walk left the mapped code"),
-            ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"),
+            ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"
+                               f"{sym.damage_text()}"),
         ]
         rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.written]
         print_counters(c, rows)

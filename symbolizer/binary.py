@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from goprof.model import Frame
 
 from .elffile import SHT_NOBITS, ElfImage, Segment
 from .elfsyms import SymbolTable, read_symbols
-from .errors import SymbolizerError
+from .errors import DATA_ERRORS, SymbolizerError
 from .gopclntab import MAGIC_GO118, MAGIC_GO120, Pclntab
-from .goruntime import ModuleData, find_moduledata, go_minor, go_version
+from .goruntime import ModuleData, find_moduledata, go_minor, go_version_checked
 from .notes import build_ids
 
 PCLNTAB_SECTIONS = (".gopclntab", ".data.rel.ro.gopclntab")  # the latter: PIE, Go < 1.26
 WANTED_SYMBOLS = ("runtime.pclntab", "runtime.text", "runtime.firstmoduledata", "go:func.*",
                   "go.func.*")
 FRAME_CACHE_LIMIT = 1 << 16
-# What corrupt tables can still raise past our own bounds checks: turned into ours.
-_DATA_ERRORS = (IndexError, ValueError, KeyError, struct.error, OverflowError, UnicodeError)
 
 
 @dataclass
@@ -37,6 +34,10 @@ class BinarySymbols:
     pclntab_addr: int | None = None
     text: int | None = None
     gofunc: int | None = None
+    # Why the Go function table could not be read (then names come from ELF symbols
+    # alone, and the binary does not count as Go): None when it was read, or is absent.
+    go_error: str | None = None
+    build_info_error: str | None = None  # damaged build info: the Go version is unknown
     _frames: dict[int, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
 
     @property
@@ -51,16 +52,18 @@ class BinarySymbols:
         return None
 
     def frames(self, vaddr: int) -> tuple[Frame, ...]:
-        """Frames at an ELF virtual address, innermost first; () when nothing names it."""
+        """Frames at an ELF virtual address, innermost first; () when nothing names it
+        (also when its function is damaged: see damage())."""
         got = self._frames.get(vaddr)
         if got is not None:
             return got
         got = ()
-        try:
-            if self.pclntab is not None:
+        if self.pclntab is not None:
+            try:
                 got = self.pclntab.frames(vaddr)
-        except _DATA_ERRORS as e:
-            raise SymbolizerError(f"{self.path}: corrupt pclntab at {vaddr:#x}: {e!r}") from e
+            except (SymbolizerError, *DATA_ERRORS) as e:  # the pclntab confines its own
+                i = self.pclntab.func_index(vaddr)
+                self.pclntab._damage(-1 if i is None else i, e)
         if not got and self.symbols is not None:
             name = self.symbols.lookup(vaddr)
             if name is not None:
@@ -75,10 +78,28 @@ class BinarySymbols:
         return address is then at [rsp], and a frame-pointer walk misses its caller."""
         if self.pclntab is None:
             return False
-        try:
-            return self.pclntab.spdelta(vaddr) == 0
-        except _DATA_ERRORS as e:
-            raise SymbolizerError(f"{self.path}: corrupt pclntab at {vaddr:#x}: {e!r}") from e
+        return self.pclntab.spdelta(vaddr) == 0
+
+    def damage(self, vaddr: int) -> tuple[int, str] | None:
+        """(function key, what is wrong) when the function holding vaddr was found damaged
+        while naming it (call after frames()); None when it is sound, or not yet read."""
+        if self.pclntab is not None:
+            i = self.pclntab.func_index(vaddr)
+            if i is not None and i in self.pclntab.damaged:
+                return self.text_key(i), self.pclntab.damaged[i]
+        if self.symbols is not None:
+            return self.symbols.damage(vaddr)
+        return None
+
+    def text_key(self, i: int) -> int:
+        assert self.pclntab is not None
+        return self.pclntab.text + self.pclntab.entries[i]
+
+    @property
+    def damaged_functions(self) -> int:
+        """Functions found damaged so far (names are read lazily: a lower bound)."""
+        n = len(self.pclntab.damaged) if self.pclntab is not None else 0
+        return n + (len(self.symbols.damaged) if self.symbols is not None else 0)
 
 
 def load_binary(path: str) -> BinarySymbols:
@@ -100,15 +121,16 @@ def load_image(img: ElfImage, ids: tuple[str, str] | None = None) -> BinarySymbo
         raise
     except MemoryError as e:
         raise SymbolizerError(f"{img.path}: out of memory while loading") from e
-    except (*_DATA_ERRORS, AttributeError, TypeError, AssertionError, RecursionError) as e:
+    except DATA_ERRORS as e:
         raise SymbolizerError(f"{img.path}: corrupt ELF file: {e!r}") from e
 
 
 def _load(img: ElfImage, ids: tuple[str, str] | None = None) -> BinarySymbols:
     gnu, go = ids if ids is not None else build_ids(img)
+    version, version_error = go_version_checked(img)
     b = BinarySymbols(img.path, gnu_build_id=gnu, go_build_id=go,
-                      build_id=binary_build_id(gnu, go), go_version=go_version(img),
-                      segments=list(img.segments))
+                      build_id=binary_build_id(gnu, go), go_version=version,
+                      build_info_error=version_error, segments=list(img.segments))
     minor = go_minor(b.go_version)
     syms: dict[str, int] | None = None
 
@@ -118,21 +140,14 @@ def _load(img: ElfImage, ids: tuple[str, str] | None = None) -> BinarySymbols:
             _, syms = read_symbols(img, keep=lambda _v: False, wanted=WANTED_SYMBOLS)
         return syms.get(name)
 
-    found = _find_pclntab(img, symbol, minor)
-    if found is not None:
-        addr, data, md = found
-        text = _text_start(img, addr, data, md, symbol)
-        gofunc = md.gofunc if md is not None else None
-        if gofunc is None:
-            gofunc = symbol("go:func.*") or symbol("go.func.*")
-        if gofunc is not None and addr <= gofunc < addr + len(data):
-            godata, godata_off = data, gofunc - addr
-        elif gofunc is not None:
-            godata, godata_off = img.tail_from(gofunc), 0
-        else:
-            godata, godata_off = b"", None
-        b.pclntab = Pclntab(data, text, godata, godata_off)
-        b.pclntab_addr, b.text, b.gofunc = addr, text, gofunc
+    try:
+        _load_go(img, b, symbol, minor)
+    except (SymbolizerError, *DATA_ERRORS) as e:
+        # A damaged Go table must not cost the binary its other names: .symtab, when
+        # the binary has one, still names its functions (without inlined frames).
+        b.pclntab = None
+        b.go_error = str(e) if isinstance(e, SymbolizerError) else f"corrupt pclntab: {e!r}"
+    if b.pclntab is not None:
         lo, hi = b.pclntab.text_range
         # cgo and assembly linked from C keep ELF symbols outside Go's text.
         b.symbols, _ = read_symbols(img, keep=lambda v: not lo <= v < hi)
@@ -141,6 +156,26 @@ def _load(img: ElfImage, ids: tuple[str, str] | None = None) -> BinarySymbols:
     if b.symbols is not None and not len(b.symbols):
         b.symbols = None
     return b
+
+
+def _load_go(img: ElfImage, b: BinarySymbols, symbol, minor: int | None) -> None:
+    """The pclntab and what locates it (text, gofunc) into b, when the binary has one."""
+    found = _find_pclntab(img, symbol, minor)
+    if found is None:
+        return
+    addr, data, md = found
+    text = _text_start(img, addr, data, md, symbol)
+    gofunc = md.gofunc if md is not None else None
+    if gofunc is None:
+        gofunc = symbol("go:func.*") or symbol("go.func.*")
+    if gofunc is not None and addr <= gofunc < addr + len(data):
+        godata, godata_off = data, gofunc - addr
+    elif gofunc is not None:
+        godata, godata_off = img.tail_from(gofunc), 0
+    else:
+        godata, godata_off = b"", None
+    b.pclntab = Pclntab(data, text, godata, godata_off)
+    b.pclntab_addr, b.text, b.gofunc = addr, text, gofunc
 
 
 def _find_pclntab(img: ElfImage, symbol, minor: int | None

@@ -9,6 +9,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 
 from .elffile import SHT_DYNSYM, SHT_SYMTAB, ElfImage
+from .names import valid_name
 
 SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 STT_FUNC = 2
@@ -32,6 +33,9 @@ class SymbolTable:
             self._rest.append((size, name, tab))
         self.addrs = addrs
         self._strtabs = strtabs
+        # Symbol address -> why its name was refused (outside its string table,
+        # unterminated, not text): that code stays unnamed.
+        self.damaged: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.addrs)
@@ -48,8 +52,26 @@ class SymbolTable:
         data = self._strtabs[tab]
         end = data.find(b"\0", name, name + MAX_NAME)
         if name >= len(data) or end < 0:
+            self._damage(self.addrs[i], "symbol name outside its string table or unterminated")
             return None
-        return data[name:end].decode("utf-8", "replace") or None
+        if end == name:
+            return None
+        got = valid_name(data[name:end])
+        if got is None:
+            self._damage(self.addrs[i], "symbol name is not text (not UTF-8, or control "
+                                        "characters)")
+        return got
+
+    def _damage(self, addr: int, why: str) -> None:
+        if len(self.damaged) < 1 << 16:
+            self.damaged.setdefault(addr, why)
+
+    def damage(self, vaddr: int) -> tuple[int, str] | None:
+        """(symbol address, what is wrong) when the symbol holding vaddr has a refused name."""
+        i = bisect_right(self.addrs, vaddr) - 1
+        if i < 0 or self.addrs[i] not in self.damaged:
+            return None
+        return self.addrs[i], self.damaged[self.addrs[i]]
 
 
 def read_symbols(img: ElfImage, keep: Callable[[int], bool] | None = None,

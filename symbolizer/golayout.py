@@ -33,10 +33,12 @@ from elftools.elf.elffile import ELFFile
 from .binary import BinarySymbols, load_binary
 from .elffile import SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, ElfImage
 from .elfsyms import STT_FUNC, STT_GNU_IFUNC, SYM, read_symbols
-from .errors import SymbolizerError, UnsupportedGo
+from .errors import SymbolizerError, UnsupportedGo, guarded
 from .goruntime import go_minor
+from .names import valid_name
 
 BinaryLike = str | os.PathLike | BinarySymbols
+MAX_SYMBOL_NAME = 1 << 16
 
 # -- functions -----------------------------------------------------------------------------
 
@@ -46,6 +48,7 @@ BinaryLike = str | os.PathLike | BinarySymbols
 SIZE_SPECIALIZED_MALLOC = re.compile(r"runtime\.mallocgc\w*SC\d+")
 
 
+@guarded
 def function_entries(binary: BinaryLike, *, path: str | None = None) -> Mapping[str, int]:
     """Function name -> entry vaddr: the pclntab's (stripped binaries too), else the ELF
     symbol tables' function symbols.
@@ -55,9 +58,19 @@ def function_entries(binary: BinaryLike, *, path: str | None = None) -> Mapping[
     and its ABI0 wrapper, alike: the lower address wins, which was the body in both
     cases in every build checked (.symtab calls an assembly body "name.abi0")."""
     b = _binary(binary)
-    if b.pclntab is not None:
-        return MappingProxyType(b.pclntab.entries_by_name())
-    return MappingProxyType(_elf_functions(path or b.path))
+    if b.pclntab is None:
+        return MappingProxyType(_elf_functions(path or b.path))
+    entries = b.pclntab.entries_by_name()
+    if b.pclntab.damaged:
+        # Damaged names hide functions: .symtab (when kept) names them still, believed
+        # only where a pclntab function starts.
+        extra = {}
+        for name, entry in _elf_functions(path or b.path).items():
+            bounds = b.pclntab.func_bounds(entry)
+            if name not in entries and bounds is not None and bounds[0] == entry:
+                extra[name] = entry
+        entries = {**entries, **extra}
+    return MappingProxyType(entries)
 
 
 def function_entry(binary: BinaryLike, name: str) -> int | None:
@@ -70,6 +83,7 @@ def functions_with_prefix(binary: BinaryLike, prefix: str) -> dict[str, int]:
     return {n: entries[n] for n in sorted(entries) if n.startswith(prefix)}
 
 
+@guarded
 def size_specialized_mallocs(binary: BinaryLike) -> dict[str, int]:
     """Go 1.27's runtime.mallocgc*SC<n> functions present in the binary (none before 1.27,
     nor with GOEXPERIMENT=nosizespecializedmalloc)."""
@@ -96,9 +110,10 @@ def _elf_functions(path: str) -> dict[str, int]:
                     data[: len(data) - len(data) % SYM.size]):
                 if info & 0xF not in (STT_FUNC, STT_GNU_IFUNC) or not shndx or not value:
                     continue
-                end = strtab.find(b"\0", name)
-                if end > name:
-                    out.setdefault(strtab[name:end].decode("utf-8", "replace"), value)
+                end = strtab.find(b"\0", name, name + MAX_SYMBOL_NAME)
+                text = valid_name(strtab[name:end]) if end > name else None
+                if text is not None:
+                    out.setdefault(text, value)
     return out
 
 
@@ -164,6 +179,7 @@ class ProbeSite:
         return self.vaddr - self.entry
 
 
+@guarded
 def probe_site(binary: BinaryLike, function: str, *, path: str | None = None
                ) -> ProbeSite | None:
     """The probe site of a function; None when the binary has no such function or its
@@ -187,6 +203,7 @@ def probe_site(binary: BinaryLike, function: str, *, path: str | None = None
     return ProbeSite(function, entry, vaddr, offset, length, form, guard, abi0)
 
 
+@guarded
 def probe_sites(binary: BinaryLike, functions: Iterable[str], *, path: str | None = None
                 ) -> dict[str, ProbeSite]:
     """probe_site for each function, leaving out those that have none."""
@@ -428,6 +445,7 @@ class _Code:
         return int.from_bytes(raw, "little") if len(raw) == 8 else None
 
 
+@guarded
 def global_address(binary: BinaryLike, name: str, *, path: str | None = None,
                    symbols: bool = True) -> int | None:
     """The vaddr of a runtime variable: from .symtab, else (stripped binaries) found in
@@ -583,6 +601,7 @@ def supported_minors() -> tuple[int, int]:
     return min(OFFSETS_BY_MINOR), max(OFFSETS_BY_MINOR)
 
 
+@guarded
 def runtime_layout(binary: BinaryLike, *, path: str | None = None) -> RuntimeLayout:
     """The runtime's struct offsets: from DWARF when the binary has it, else from the
     table of the binary's Go version. Raises UnsupportedGo for a binary without DWARF

@@ -6,7 +6,9 @@ pc-value tables are decoded the first time one of its pcs is asked for, and cach
 Layout follows src/runtime/symtab.go, symtabinl.go and src/internal/abi/symtab.go.
 Every offset read from the data is checked against the data's length: a corrupt
 table raises SymbolizerError, never IndexError, and never allocates more than the
-data it came from.
+data it came from. Past the header, damage is confined to the function it is in:
+that function (or its inlined frames, or its file:line) goes unnamed and is recorded
+in `damaged`, and every other function keeps its names.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 
 from goprof.model import Frame
 
-from .errors import SymbolizerError
+from .errors import DATA_ERRORS, SymbolizerError
+from .names import valid_name
 
 MAGIC_GO118 = 0xFFFFFFF0
 MAGIC_GO120 = 0xFFFFFFF1
@@ -36,6 +39,7 @@ FUNCDATA_INL_TREE = 3
 NO_FUNCDATA = 0xFFFFFFFF
 MAX_INLINE_DEPTH = 256  # a parentPc cycle in corrupt data must not loop forever
 MAX_NAME = 1 << 16
+MAX_LINE = (1 << 31) - 1  # lines are int32 in the runtime
 CACHE_LIMIT = 1 << 16
 # Tables shorter than this (bytes) are decoded faster by the Python loop, partially,
 # than by the C decoder with its fixed cost (measured: about 7 us a call).
@@ -130,6 +134,8 @@ class Pclntab:
         if nfunc <= 0 or self.pcln_off + (nfunc + 1) * 8 > n:
             raise SymbolizerError(f"pclntab: function count {nfunc} does not fit the data")
         self.nfunc = nfunc
+        self._table_starts = (self.funcname_off, self.cu_off, self.filetab_off, self.pctab_off,
+                              self.pcln_off)
         ftab = array("I")
         ftab.frombytes(data[self.pcln_off:self.pcln_off + (nfunc + 1) * 8])
         self.entries = ftab[0::2]  # entry offsets from text; the last one is the end
@@ -142,6 +148,13 @@ class Pclntab:
         # the same one).
         self._tables: dict[int, _Table] = {}
         self._by_name: dict[str, int] | None = None
+        # Function index -> what was wrong with it (the first thing found): a damaged
+        # function is unnamed, or named without its inlined frames or file:line.
+        self.damaged: dict[int, str] = {}
+
+    def _damage(self, i: int, why: object) -> None:
+        if len(self.damaged) < CACHE_LIMIT:
+            self.damaged.setdefault(i, str(why))
 
     # -- functions ---------------------------------------------------------------------
 
@@ -150,17 +163,25 @@ class Pclntab:
 
         Built on first use: most users only name pcs and never need it. Only the nameOff
         field of each record is read, not the whole _func. Where two records carry the
-        same name the first (lowest address) wins."""
+        same name the first (lowest address) wins. A record or name that cannot be read
+        is left out (and recorded in `damaged`): one bad name must not hide the others."""
         if self._by_name is None:
             by_name: dict[str, int] = {}
-            names: dict[int, str] = {}  # nameOff -> name: the linker shares names
+            names: dict[int, str | None] = {}  # nameOff -> name: the linker shares names
             for i in range(self.nfunc):
-                at = self.pcln_off + self.funcoffs[i] + 4  # _func.nameOff follows entryOff
-                name_off = self._u32(at)
-                name = names.get(name_off)
+                try:
+                    # _func.nameOff follows entryOff.
+                    name_off = self._u32(self.pcln_off + self.funcoffs[i] + 4)
+                    if name_off in names:
+                        name = names[name_off]
+                    else:
+                        name = names[name_off] = self._name_or_none(name_off)
+                except SymbolizerError as e:
+                    self._damage(i, e)
+                    continue
                 if name is None:
-                    name = self._cstring(self.funcname_off + name_off, "function name")
-                    names[name_off] = name
+                    self._damage(i, "pclntab: invalid function name")
+                    continue
                 by_name.setdefault(name, self.text + self.entries[i])
             self._by_name = by_name
         return self._by_name
@@ -178,10 +199,15 @@ class Pclntab:
 
     def func_index(self, vaddr: int) -> int | None:
         off = vaddr - self.text
-        if off < 0 or off >= self.entries[self.nfunc]:
+        entries = self.entries
+        if off < 0 or off >= entries[self.nfunc]:
             return None
-        i = bisect_right(self.entries, off, 0, self.nfunc) - 1
-        return i if i >= 0 else None
+        i = bisect_right(entries, off, 0, self.nfunc) - 1
+        # Out of order entries (a damaged table) make bisect land anywhere: only a
+        # function that really holds the pc is one.
+        if i < 0 or not entries[i] <= off < entries[i + 1]:
+            return None
+        return i
 
     def func(self, i: int) -> FuncInfo:
         f = self._funcs.get(i)
@@ -224,13 +250,31 @@ class Pclntab:
             self._names[name_off] = s
         return s
 
-    def _cstring(self, at: int, what: str) -> str:
-        if at < 0 or at >= len(self.data):
-            raise SymbolizerError(f"pclntab: {what} offset beyond the data")
-        end = self.data.find(b"\0", at, at + MAX_NAME)
+    def _name_or_none(self, name_off: int) -> str | None:
+        """The raw (linker's) name at nameOff; None when it is not text a name can be."""
+        return valid_name(self._raw_cstring(self.funcname_off + name_off, "function name"))
+
+    def _raw_cstring(self, at: int, what: str) -> bytes:
+        """The bytes at `at` up to a NUL, which must come before the end of the table
+        holding them: a name that runs into the next table is not one."""
+        limit = self._table_end(at)
+        if at < 0 or at >= limit:
+            raise SymbolizerError(f"pclntab: {what} offset beyond its table")
+        end = self.data.find(b"\0", at, min(at + MAX_NAME, limit))
         if end < 0:
             raise SymbolizerError(f"pclntab: unterminated {what}")
-        return self.data[at:end].decode("utf-8", "replace")
+        return self.data[at:end]
+
+    def _table_end(self, at: int) -> int:
+        """Where the table holding `at` ends: the start of the next one in the data."""
+        nexts = [off for off in self._table_starts if off > at]
+        return min(nexts) if nexts else len(self.data)
+
+    def _cstring(self, at: int, what: str) -> str:
+        s = valid_name(self._raw_cstring(at, what))
+        if s is None:
+            raise SymbolizerError(f"pclntab: invalid {what} (not UTF-8, or control characters)")
+        return s
 
     def _u32(self, at: int) -> int:
         if at < 0 or at + 4 > len(self.data):
@@ -317,6 +361,12 @@ class Pclntab:
                     append_val(val)
         except IndexError:
             t.done = True  # ran off the data: keep what decoded
+        except SymbolizerError:
+            # A bad varint: what decoded before it stays, and decoding does not resume
+            # (it would append the same runs again).
+            t.done = True
+            t.p, t.pc, t.val = p, pc, val
+            raise
         t.p, t.pc, t.val = p, pc, val
 
     def pcdata(self, f: FuncInfo, index: int, pc: int) -> int:
@@ -325,11 +375,16 @@ class Pclntab:
         return self.pcvalue(f, self._u32(f.pcdata_at + 4 * index), pc)
 
     def spdelta(self, vaddr: int) -> int | None:
+        """The SP delta at vaddr; None where unknown (no function, or a damaged one)."""
         i = self.func_index(vaddr)
         if i is None:
             return None
-        f = self.func(i)
-        return self.pcvalue(f, f.pcsp, vaddr - self.text - f.entry)
+        try:
+            f = self.func(i)
+            return self.pcvalue(f, f.pcsp, vaddr - self.text - f.entry)
+        except (SymbolizerError, *DATA_ERRORS) as e:
+            self._damage(i, e)
+            return None
 
     # -- frames ------------------------------------------------------------------------
 
@@ -348,23 +403,44 @@ class Pclntab:
         return name_off, parent_pc, start_line
 
     def frames(self, vaddr: int) -> tuple[Frame, ...]:
+        """Frames at vaddr, innermost first. A function whose record or name is damaged
+        gives () (unnamed); a damaged inline tree drops the inlined frames; a damaged
+        file or line table leaves the frame without file:line. Each is recorded in
+        `damaged`; nothing is raised for what is inside one function."""
         i = self.func_index(vaddr)
         if i is None:
             return ()
-        f = self.func(i)
-        pc = vaddr - self.text - f.entry
+        try:
+            f = self.func(i)
+            name = self.name(f.name_off)
+        except (SymbolizerError, *DATA_ERRORS) as e:
+            self._damage(i, e)
+            return ()
+        pc0 = vaddr - self.text - f.entry
+        try:
+            out, pc = self._inlined(f, i, pc0)
+        except (SymbolizerError, *DATA_ERRORS) as e:
+            self._damage(i, e)
+            out, pc = [], pc0
+        file, line = self._fileline(f, i, pc)
+        out.append(self._frame(name, file, line, f.start_line, False))
+        return tuple(out)
+
+    def _inlined(self, f: FuncInfo, i: int, pc: int) -> tuple[list[Frame], int]:
+        """The inlined frames at pc (innermost first) and the pc in f's own body."""
         out: list[Frame] = []
         # Functions without an inline tree (most) need not decode the index table.
         ix = self.pcvalue(f, f.inl_table, pc) if f.inl_tree >= 0 else -1
-        while ix >= 0 and len(out) < MAX_INLINE_DEPTH:
+        while ix >= 0:
+            if len(out) >= MAX_INLINE_DEPTH:
+                raise SymbolizerError("pclntab: inline tree deeper than "
+                                      f"{MAX_INLINE_DEPTH} (a parentPc cycle)")
             name_off, parent_pc, start_line = self._inline_call(f, ix)
-            file, line = self._fileline(f, pc)
+            file, line = self._fileline(f, i, pc)
             out.append(self._frame(self.name(name_off), file, line, start_line, True))
             pc = parent_pc
             ix = self.pcvalue(f, f.inl_table, pc)
-        file, line = self._fileline(f, pc)
-        out.append(self._frame(self.name(f.name_off), file, line, f.start_line, False))
-        return tuple(out)
+        return out, pc
 
     def _frame(self, name: str, file: str, line: int, start_line: int, inlined: bool) -> Frame:
         """Frames are shared: a line's pcs all give the same one (and building a frozen
@@ -378,12 +454,19 @@ class Pclntab:
             self._frame_cache[key] = fr
         return fr
 
-    def _fileline(self, f: FuncInfo, pc: int) -> tuple[str, int]:
-        fileno = self.pcvalue(f, f.pcfile, pc)
-        line = self.pcvalue(f, f.pcln, pc)
-        if fileno == -1 or line == -1:
+    def _fileline(self, f: FuncInfo, i: int, pc: int) -> tuple[str, int]:
+        """("?", 0) where unknown, also for a damaged file or line table (recorded)."""
+        try:
+            fileno = self.pcvalue(f, f.pcfile, pc)
+            line = self.pcvalue(f, f.pcln, pc)
+            if fileno == -1 or line == -1:
+                return "?", 0
+            if not 0 <= line <= MAX_LINE:
+                raise SymbolizerError(f"pclntab: line {line} out of range")
+            return self.file(f, fileno), line
+        except (SymbolizerError, *DATA_ERRORS) as e:
+            self._damage(i, e)
             return "?", 0
-        return self.file(f, fileno), line
 
 
 def _varint_rest(data: bytes, p: int, first: int) -> tuple[int, int]:

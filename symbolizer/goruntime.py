@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 
 from .elffile import ElfImage
+from .errors import guarded
+from .names import valid_name
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 MAX_VERSION_LEN = 256
@@ -70,8 +72,22 @@ def _uvarint(data: bytes, off: int) -> tuple[int, int]:
     return -1, off
 
 
+@guarded
 def go_version(img: ElfImage) -> str | None:
     """The Go version from the build info blob (.go.buildinfo, else found by its magic)."""
+    return go_version_checked(img)[0]
+
+
+@guarded
+def go_version_checked(img: ElfImage) -> tuple[str | None, str | None]:
+    """(version, what is wrong): the second is set when the binary has build info whose
+    version cannot be read (damaged), None when it was read or there is none."""
+    v, found = _go_version(img)
+    return v, ("build info present but its Go version is unreadable"
+               if found and v is None else None)
+
+
+def _go_version(img: ElfImage) -> tuple[str | None, bool]:
     blob = b""
     s = img.section(".go.buildinfo")
     if s is not None:
@@ -90,26 +106,28 @@ def go_version(img: ElfImage) -> str | None:
                 blob = head[i:]
                 break
     if len(blob) < 32:
-        return None
+        return None, bool(blob)
     ptr_size, flags = blob[14], blob[15]
     if flags & 2:  # Go 1.18+: the strings follow the header inline, varint-prefixed
         n, at = _uvarint(blob, 32)
         if n < 0 or n > MAX_VERSION_LEN or at + n > len(blob):
-            return None
+            return None, True
         raw = blob[at:at + n]
     else:  # before 1.18: pointers to string headers (little-endian 64-bit only)
         if ptr_size != 8 or flags & 1:
-            return None
+            return None, True
         hdr = img.word(int.from_bytes(blob[16:24], "little"))
         ptr = img.word(hdr) if hdr is not None else None
         ln = img.word(hdr + 8) if hdr is not None else None
         if ptr is None or ln is None or ln > MAX_VERSION_LEN:
-            return None
+            return None, True
         raw = img.read_vaddr(ptr, ln)
-    v = raw.decode("utf-8", "replace")
-    return v if v.startswith("go") else None
+    # Damaged build info must not put garbage in labels and notes: a version is text.
+    v = valid_name(raw)
+    return (v if v is not None and v.startswith("go") and v.isprintable() else None), True
 
 
+@guarded
 def find_moduledata(img: ElfImage, pcln_addr: int, minor: int | None,
                     md_symbol: int | None = None) -> ModuleData | None:
     """runtime.firstmoduledata: the one whose pcHeader is pcln_addr and whose text range is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .elffile import ElfImage
+from .errors import guarded
 
 SHT_NOTE = 7
 NT_GNU_BUILD_ID = 3
@@ -25,6 +26,7 @@ def _notes(data: bytes):
         off = end
 
 
+@guarded
 def build_ids(img: ElfImage) -> tuple[str, str]:
     """(GNU build id as hex, Go build id string); "" for what is absent."""
     gnu = go = ""

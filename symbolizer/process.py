@@ -21,6 +21,7 @@ from .cache import BinaryCache
 from .errors import ProcessGone, SymbolizerError
 
 LOCATION_CACHE_LIMIT = 1 << 17
+ERRORS_LIMIT = 64  # notes kept: a long-lived agent must not grow a list per bad address
 # A vDSO is a few pages; a mapping far larger is not one.
 VDSO_MAX_BYTES = 1 << 20
 
@@ -68,6 +69,13 @@ class ProcessSymbolizer:
         self.cache = cache
         self.root = root
         self.errors: list[str] = []
+        # Files mapped executable that could not be read at all: their frames stay
+        # unnamed, addresses kept. Path -> why.
+        self.unreadable: dict[str, str] = {}
+        # (file, function key) -> what is wrong, for the functions this process's
+        # addresses fell in that were found damaged (unnamed, or partly named).
+        self.damaged: dict[tuple[str, int], str] = {}
+        self.bad_build_info: dict[str, str] = {}  # path -> what is wrong
         self.mappings: list[Mapping] = []
         self._known: dict[tuple[int, int, int, int, str], _Mapped] = {}
         self._starts: list[int] = []
@@ -125,7 +133,7 @@ class ProcessSymbolizer:
                 image = mem.read(min(entry.end - entry.start, VDSO_MAX_BYTES))
             binary = self.cache.get_image(image, "goprof-vdso-")
         except (OSError, SymbolizerError) as e:
-            self.errors.append(f"[vdso] at {entry.start:#x}: {e}")
+            self._note(f"[vdso] at {entry.start:#x}: {e}")
         mapping = Mapping(entry.start, entry.end, entry.offset, "[vdso]",
                           build_id=binary.build_id if binary else "",
                           symbolized=binary is not None)
@@ -145,11 +153,22 @@ class ProcessSymbolizer:
             except SymbolizerError as e:
                 errs.append(str(e))
         if binary is None:
-            self.errors.append(f"{entry.path} at {entry.start:#x}: " + "; ".join(errs))
+            self._note(f"{entry.path} at {entry.start:#x}: " + "; ".join(errs))
+            self.unreadable.setdefault(path, "; ".join(errs))
+        if binary is not None and binary.build_info_error is not None:
+            self.bad_build_info.setdefault(path, binary.build_info_error)
+        if binary is not None and binary.go_error is not None and path not in self.unreadable:
+            self._note(f"{path}: its Go function table cannot be read ({binary.go_error}): "
+                       "only its ELF symbols name it")
+            self.unreadable[path] = binary.go_error
         mapping = Mapping(entry.start, entry.end, entry.offset, path,
                           build_id=binary.build_id if binary else "",
                           symbolized=binary is not None)
         return _Mapped(mapping, binary)
+
+    def _note(self, text: str) -> None:
+        if len(self.errors) < ERRORS_LIMIT:
+            self.errors.append(text)
 
     def covers(self, addresses: Iterable[int]) -> bool:
         """Whether every address lies in a mapping the last refresh read: when one
@@ -184,8 +203,11 @@ class ProcessSymbolizer:
             if m.binary is not None and vaddr is not None:
                 try:
                     frames = m.binary.frames(vaddr)
+                    damage = m.binary.damage(vaddr)
                 except SymbolizerError as e:
-                    self.errors.append(str(e))
+                    damage = (vaddr, str(e))
+                if damage is not None and len(self.damaged) < LOCATION_CACHE_LIMIT:
+                    self.damaged.setdefault((m.mapping.path, damage[0]), damage[1])
             loc = Location(addr, m.mapping, frames)
         if len(self._locations) >= LOCATION_CACHE_LIMIT:
             self._locations.clear()

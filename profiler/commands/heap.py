@@ -15,7 +15,7 @@ from goprof.gotarget import MethodUnavailable, inspect
 from goprof.heap import build_heap, read_buckets
 from goprof.report import print_counters, print_top
 from goprof.session import snapshot_symbols, write_outputs
-from goprof.symbolizer import BinaryCache
+from goprof.symbolizer import BinaryCache, SymbolizerError
 from goprof.targets import check_privileges, target_for_pid
 from rich.console import Console
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         layout = proc.layout()
         started = time.time_ns()
         records = read_buckets(proc, layout.bucket_size, layout.mem_record_cycle_size)
-    except MethodUnavailable as e:
+    except (MethodUnavailable, SymbolizerError) as e:
         raise EnvironmentProblem(f"{target.label}: cannot read its heap profile: {e}") from None
     symbolizer = snapshot_symbols(target, cache, console)
     builder = ProfileBuilder({target.pid: symbolizer}, None, {target.pid: target.comm})
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         ("buckets", f"{len(records)}"),
         ("sampling", f"Go's own heap sampler, one sample per {rate} bytes on average, "
                      "scaled as runtime/pprof scales it"),
-        ("unnamed frames", f"{builder.stats.unnamed_frames}"),
+        ("unnamed frames", f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}"),
         *[("wrote", f"{path} ({exporter.name})") for path, exporter in outputs],
     ])
     return 0
