@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from goprof import __version__
+from goprof.argv import attach_negative_values
 from goprof.commands import agent, cpu, doctor, heap, mem, prune
 from goprof.errors import GoprofError
 from rich.console import Console
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(attach_negative_values(p, argv))  # `-d -5s`: goprof's own message
     args.exec_command = command
     console = Console(stderr=True)
     try:

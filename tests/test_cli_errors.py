@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 from goprof import cli
-from goprof.durations import parse_duration
+from goprof.durations import parse_duration, parse_size
 from goprof.errors import UsageError
 
 from tests.conftest import requires_root
@@ -26,7 +26,14 @@ def _one_clear_line(res: subprocess.CompletedProcess, *words: str) -> None:
     (["cpu"], ["nothing to profile"]),
     (["cpu", "--pid", "1", "-F", "0"], ["--frequency 0"]),
     (["cpu", "--pid", "1", "-d", "soon"], ["--duration 'soon'"]),
-    (["cpu", "--pid", "1", "-d", "-3s"], ["--duration"]),
+    # a negative value as its own item: goprof's message, not argparse's "expected one
+    # argument" (`--duration=-3s` always got goprof's)
+    (["cpu", "--pid", "1", "-d", "-3s"], ["--duration '-3s': must be more than zero"]),
+    (["mem", "--pid", "1", "--duration", "-1m", "-o", "-"], ["--duration '-1m': must be"]),
+    (["cpu", "--pid", "1", "-d", "-inf"], ["--duration '-inf': use a number with a unit"]),
+    (["agent", "--output-dir", "/tmp", "--window", "-1s"], ["--window '-1s': must be more"]),
+    (["agent", "--output-dir", "/tmp", "--mem-rate", "-512K"], ["--mem-rate '-512K': must"]),
+    (["agent", "--output-dir", "/tmp", "--retain", "-7d"], ["--retain '-7d': must be more"]),
     (["cpu", "--pid", "1", "-o", "/no/such/dir/x.pb.gz"], ["does not exist"]),
     (["cpu", "--pid", "1", "-o", "x.dat"], ["cannot tell the format"]),
 ])
@@ -108,10 +115,19 @@ def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "s", "10x", "1m-", "0", "-1s", "1s2"])
+@pytest.mark.parametrize("text", ["", "s", "10x", "1m-", "0", "-1s", "1s2", "inf", "nan",
+                                  "1e400"])
 def test_bad_durations(text):
     with pytest.raises(UsageError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["-5s", "-5", "- 2m", "-1.5h"])
+def test_negative_durations_and_sizes_say_so(text):
+    with pytest.raises(UsageError, match="must be more than zero"):
+        parse_duration(text, "--window")
+    with pytest.raises(UsageError, match="must be more than zero"):
+        parse_size(text.rstrip("smh") + "G", "--spool-size")
 
 
 def test_doctor_runs():
