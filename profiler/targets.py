@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
-from goprof.errors import EnvironmentProblem, UsageError
+from goprof.errors import EnvironmentProblem, GoprofError, UsageError
 
 CAP_PERFMON = 38
 CAP_BPF = 39
+PF_KTHREAD = 0x00200000  # include/linux/sched.h: /proc/PID/stat flags of a kernel thread
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,42 @@ def target_for_pid(pid: int) -> Target:
                          f"(every thread of a process is profiled)")
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        exe = ""
-    if not exe:
-        raise EnvironmentProblem(f"pid {pid} ({read_comm(pid)}) is a kernel thread or a zombie: "
-                                 "there is no user program to profile")
+    except OSError as e:
+        raise _no_program(pid, e) from None
     return Target(pid, read_comm(pid), exe)
+
+
+def _no_program(pid: int, error: OSError) -> GoprofError:
+    """Why /proc/PID/exe cannot be read. A kernel thread or a zombie has no executable
+    (ENOENT); a live process whose exe is refused (EACCES: another user's, pid 1 in a
+    container, a user namespace without ptrace rights over it) is said as refused."""
+    state, flags = _state_and_flags(pid)
+    if state is None:
+        return EnvironmentProblem(f"pid {pid} exited: check the pid (`pgrep -a NAME`)")
+    if flags & PF_KTHREAD:
+        return EnvironmentProblem(f"pid {pid} ({read_comm(pid)}) is a kernel thread: there "
+                                  "is no user program to profile")
+    if state in ("Z", "X"):
+        return EnvironmentProblem(f"pid {pid} ({read_comm(pid)}) is a zombie (it has exited "
+                                  "and its parent has not reaped it): there is no user "
+                                  "program to profile")
+    why = f"cannot read /proc/{pid}/exe: {error.strerror}"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return EnvironmentProblem(
+            f"{why}: pid {pid} ({read_comm(pid)}) is running, but goprof may not read its "
+            "program; run goprof as root in the host's pid namespace (or with CAP_SYS_PTRACE "
+            "over the process: not from inside a container or user namespace)")
+    return EnvironmentProblem(f"{why} (pid {pid}, {read_comm(pid)})")
+
+
+def _state_and_flags(pid: int) -> tuple[str | None, int]:
+    """/proc/PID/stat's state (field 3) and flags (field 9); (None, 0) when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[6])
+    except (OSError, IndexError, ValueError):
+        return None, 0
 
 
 def stat_fields(pid: int) -> list[str] | None:

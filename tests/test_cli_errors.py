@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 from goprof import cli
 from goprof.durations import parse_duration, parse_size
-from goprof.errors import UsageError
+from goprof.errors import EnvironmentProblem, UsageError
+from goprof.targets import target_for_pid
 
 from tests.conftest import requires_root
 from tests.helpers import goprof_command, run_goprof
@@ -64,7 +67,48 @@ def test_thread_id_is_refused():
 
 @requires_root
 def test_kernel_thread_is_refused():
-    _one_clear_line(run_goprof("cpu", "--pid", "2", "-d", "1s"), "kernel thread")
+    _one_clear_line(run_goprof("cpu", "--pid", "2", "-d", "1s"),
+                    "pid 2 (kthreadd) is a kernel thread: there is no user program")
+
+
+def test_zombie_is_refused_as_a_zombie():
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while stat_state(child) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(EnvironmentProblem, match=rf"pid {child} \(.*\) is a zombie"):
+            target_for_pid(child)
+    finally:
+        os.waitpid(child, 0)
+
+
+def stat_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_a_live_process_whose_exe_is_refused_is_not_called_a_kernel_thread():
+    """Another user's process (as pid 1 is to a container without ptrace rights over
+    it): the line says what was refused, not "kernel thread or zombie"."""
+    owner = subprocess.Popen(["sleep", "60"])  # root's
+    try:
+        res = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", "from goprof import targets; "
+                   f"targets.target_for_pid({owner.pid})"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/tmp"})
+    finally:
+        owner.kill()
+        owner.wait()
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith("goprof.errors.EnvironmentProblem: "), res.stderr
+    assert f"cannot read /proc/{owner.pid}/exe: Permission denied: pid {owner.pid} (sleep) " \
+           "is running" in err and "run goprof as root" in err, err
+    assert "kernel thread" not in err and "zombie" not in err, err
 
 
 @requires_root
