@@ -1,5 +1,7 @@
 """Corrupt input: mutated bytes of a real Go ELF file and of its pclntab must raise
-SymbolizerError or load, and then resolve or raise SymbolizerError; nothing else."""
+SymbolizerError or load, and then resolve or raise SymbolizerError; nothing else.
+test_mutated_table aims at each table the symbolizer and golayout parse, located in
+real binaries (tests/gotables.py): flipped bits, overwritten words, truncation."""
 
 from __future__ import annotations
 
@@ -7,13 +9,14 @@ import functools
 import os
 import tempfile
 
+import pytest
 from elftools.elf.elffile import ELFFile
-from goprof.symbolizer import SymbolizerError, load_binary
+from goprof.symbolizer import SymbolizerError, golayout, load_binary
 from goprof.symbolizer.gopclntab import Pclntab
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import gobuild
+from tests import gobuild, gotables
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -120,3 +123,84 @@ def test_mutated_pclntab_in_memory(muts, early):
             p.spdelta(pc)
         except SymbolizerError:
             pass
+
+
+# -- every table, by where it lies in real binaries (tests/gotables.py) -------------------
+
+TABLE_FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# normal keeps .symtab and DWARF (struct offsets); stripped is what most services ship.
+TABLE_BUILDS = {"stripped": ["pclntab header", "funcnametab", "cutab", "filetab", "pctab",
+                             "functab", "func records", ".go.module", ".go.buildinfo",
+                             ".note.go.buildid", "elf header", "program headers",
+                             "section headers"],
+                "normal": [".debug_info", ".debug_abbrev", ".zdebug_info", ".symtab",
+                           ".strtab", "funcnametab"]}
+
+
+def exercise_all(data: bytes) -> None:
+    """Everything goprof reads from a binary: names, sp deltas, the function list,
+    probe sites, runtime globals, struct layout. Only SymbolizerError may escape; a
+    damaged function's names are text when they are given at all."""
+    fd, path = tempfile.mkstemp(prefix="goprof-fuzz-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            b = load_binary(path)
+        except SymbolizerError:
+            return
+        for pc in original()[2][::4]:
+            for fr in b.frames(pc):  # damage is confined: nothing raised
+                assert fr.function.isprintable() and fr.file.isprintable(), fr
+            b.frameless(pc)
+        for call in (lambda: golayout.function_entries(b),
+                     lambda: golayout.probe_site(b, "runtime.(*mcache).refill"),
+                     lambda: golayout.global_address(b, "runtime.MemProfileRate"),
+                     lambda: golayout.runtime_layout(b)):
+            try:
+                call()
+            except SymbolizerError:
+                pass
+    finally:
+        os.unlink(path)
+
+
+@st.composite
+def table_mutations(draw, variant: str, table: str):
+    path = gobuild.build("cpusplit", "go1.26", variant).path
+    lo, hi = gotables.tables(path)[table]
+    buf = bytearray(_file_bytes(path))
+    kind = draw(st.sampled_from(["flip", "overwrite", "truncate"]))
+    if kind == "truncate":
+        return bytes(buf[:draw(st.integers(lo, max(lo, hi - 1)))])
+    for _ in range(draw(st.integers(1, 8))):
+        at = draw(st.integers(lo, max(lo, hi - 1)))
+        if kind == "flip":
+            buf[at] ^= 1 << draw(st.integers(0, 7))
+        else:
+            width = draw(st.sampled_from([1, 4, 8]))
+            buf[at:at + width] = draw(st.binary(min_size=width, max_size=width))
+    return bytes(buf)
+
+
+@functools.cache
+def _file_bytes(path) -> bytes:
+    return path.read_bytes()
+
+
+def _table_cases() -> list[tuple[str, str]]:
+    cases = []
+    for variant, names in TABLE_BUILDS.items():
+        found = gotables.tables(gobuild.build("cpusplit", "go1.26", variant).path)
+        cases += [(variant, n) for n in names if n in found]
+    return cases
+
+
+@pytest.mark.parametrize("variant,table", _table_cases())
+def test_mutated_table(variant: str, table: str) -> None:
+    @TABLE_FUZZ
+    @given(table_mutations(variant, table))
+    def run(data: bytes) -> None:
+        exercise_all(data)
+    run()
