@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,10 +12,12 @@ import pytest
 from goprof import cli
 from goprof.durations import parse_duration, parse_size
 from goprof.errors import EnvironmentProblem, UsageError
+from goprof.mem_session import EXACT_SLOWDOWN
 from goprof.targets import target_for_pid
 
+from tests import gobuild
 from tests.conftest import requires_root
-from tests.helpers import goprof_command, run_goprof
+from tests.helpers import REPO, goprof_command, run_goprof
 
 
 def _one_clear_line(res: subprocess.CompletedProcess, *words: str) -> None:
@@ -183,3 +186,29 @@ def test_doctor_runs():
         assert "goprof cpu works here" in res.stdout
     else:
         assert res.returncode == 2 and "FAIL" in res.stdout
+
+
+def readme_exact_slowdowns() -> tuple[str, str]:
+    """The exact method's measured slowdowns in the README's cost table (pure, json)."""
+    row = next(line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("| exact |") and "slower" in line)
+    found = re.findall(r"\((\d+)× slower\)", row)
+    assert len(found) == 2, row
+    return found[0], found[1]
+
+
+def test_exact_warning_states_the_measured_slowdown_the_readme_quotes():
+    pure, json = readme_exact_slowdowns()
+    assert EXACT_SLOWDOWN == f"{pure}x slower on an allocation-bound loop, {json}x on " \
+                             "encoding/json"
+
+
+@requires_root
+def test_exact_run_prints_the_measured_slowdown(tmp_path):
+    bench = gobuild.build("allocbench")
+    res = run_goprof("mem", "--method", "exact", "-d", "1s", "-o", str(tmp_path / "m.pb.gz"),
+                     "--", str(bench.path), "-workload", "json", "-duration", "30s")
+    pure, json = readme_exact_slowdowns()
+    err = " ".join(res.stderr.split())
+    assert f"measured {pure}x slower on an allocation-bound loop, {json}x on encoding/json" \
+        in err, res.stderr
