@@ -7,11 +7,11 @@ import sys
 
 from goprof import __version__
 from goprof.argv import attach_negative_values
-from goprof.commands import agent, cpu, doctor, heap, mem, prune
+from goprof.commands import agent, cpu, doctor, heap, mem, prune, reset
 from goprof.errors import GoprofError
 from rich.console import Console
 
-SUBCOMMANDS = (cpu, mem, heap, agent, prune, doctor)
+SUBCOMMANDS = (cpu, mem, heap, agent, prune, doctor, reset)
 
 
 def parser() -> argparse.ArgumentParser:

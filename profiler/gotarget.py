@@ -1,5 +1,5 @@
 """A target's Go runtime, seen from outside: its binary, where it is loaded, its
-heap sampler's rate (read and, when asked, written through /proc/PID/mem), and
+heap sampler's rate (read through /proc/PID/mem; goprof.target_writes writes it), and
 the uprobe sites and struct offsets each allocation method needs."""
 
 from __future__ import annotations
@@ -60,12 +60,9 @@ class GoProcess:
         with ProcessMemory(self.target.pid, self.target.label) as mem:
             return int.from_bytes(mem.read(self.rate_address, 8), "little", signed=True)
 
-    def write_rate(self, rate: int) -> None:
-        """What `runtime.MemProfileRate = rate` in the program would do: each P picks the
-        new rate up at its next sampled allocation (or at once when it was off)."""
-        assert self.rate_address is not None
-        with ProcessMemory(self.target.pid, self.target.label, writable=True) as mem:
-            mem.write(self.rate_address, rate.to_bytes(8, "little", signed=True))
+    # Written only through goprof.target_writes, which shares and records goprof's writes
+    # (`runtime.MemProfileRate = rate` as the program would: each P picks it up at its next
+    # sampled allocation, or at once when it was off).
 
     # -- probes ---------------------------------------------------------------
     def sites(self, method: str) -> list[Site]:

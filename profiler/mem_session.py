@@ -17,15 +17,23 @@ from goprof import __version__
 from goprof.build import ProfileBuilder
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import Exporter
-from goprof.gotarget import DEFAULT_GO_RATE, GoProcess, MethodUnavailable, inspect
+from goprof.gotarget import (
+    DEFAULT_GO_RATE,
+    MEM_PROFILE_RATE,
+    GoProcess,
+    MethodUnavailable,
+    inspect,
+)
 from goprof.mem_build import AllocProfileBuilder, MethodChoice
 from goprof.mem_recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
 from goprof.report import print_counters, print_top
 from goprof.session import RecordingSession, snapshot_symbols, write_outputs
 from goprof.symbolizer import BinaryCache
-from goprof.targets import Target, alive, check_privileges, target_for_pid
+from goprof.target_writes import RuntimeVar, TargetWrites
+from goprof.targets import Target, check_privileges, target_for_pid
 from rich.console import Console
+from rich.markup import escape
 
 DEFAULT_SPAN_RATE = 512 * 1024
 
@@ -77,7 +85,8 @@ class MemSession(RecordingSession):
     def __init__(self, options: MemOptions, console: Console | None = None) -> None:
         super().__init__(options.duration, options.command, options.outputs, console)
         self.opts = options
-        self.rates_set: dict[int, tuple[GoProcess, int]] = {}  # pid -> (process, old rate)
+        self.writes: dict[int, TargetWrites] = {}  # pid -> goprof's writes into it
+        self.holds: list[tuple[TargetWrites, RuntimeVar]] = []  # released when the run ends
 
     def run(self) -> MemRunResult:
         check_privileges()
@@ -157,6 +166,8 @@ class MemSession(RecordingSession):
     def _prepare(self, proc: GoProcess, recorder: MemRecorder,
                  attached: set[tuple[tuple[int, int], str]]) -> MethodChoice:
         reasons = []
+        # A rate a killed goprof left on is put back before the rate picks the method.
+        self._writes_of(proc)
         for method in self._candidates(proc):
             try:
                 choice = self._try_method(proc, method, recorder, attached)
@@ -194,28 +205,49 @@ class MemSession(RecordingSession):
         """The target's MemProfileRate; turned on first when asked (and put back later)."""
         if proc.rate_address is None:
             raise MethodUnavailable("runtime.MemProfileRate not found in the binary")
-        rate = proc.read_rate() or 0
-        if rate > 0:
-            return rate
-        if not self.opts.go_sampler:
-            raise MethodUnavailable("Go's heap sampler is off in this process "
-                                    "(runtime.MemProfileRate is 0); --go-sampler turns it on")
-        proc.write_rate(self.opts.rate)
-        self.rates_set[proc.target.pid] = (proc, rate)
-        self.console.print(f"goprof: turned Go's heap sampler on in {proc.target.label}: "
-                           f"runtime.MemProfileRate = {self.opts.rate} (was {rate}; put back "
-                           "when goprof ends)", highlight=False)
-        return self.opts.rate
+        # Held (shared with other goprof processes, put back by the last) when the rate
+        # in force is goprof's: another session's write ends with that session otherwise.
+        writes = self._writes_of(proc)
+        var = RuntimeVar(MEM_PROFILE_RATE, proc.rate_address)
+        hold = writes.hold(var, self.opts.rate, write=self.opts.go_sampler)
+        self._notes(hold.notes)
+        if hold.held:
+            self.holds.append((writes, var))
+        if hold.value > 0:
+            if hold.wrote:
+                self.console.print(f"goprof: turned Go's heap sampler on in "
+                                   f"{proc.target.label}: runtime.MemProfileRate = {hold.value} "
+                                   "(was 0; put back when goprof ends)", highlight=False)
+            elif hold.held:
+                self.console.print(f"goprof: Go's heap sampler in {proc.target.label} was "
+                                   f"turned on by another goprof (runtime.MemProfileRate = "
+                                   f"{hold.value}): shared, on until the last goprof ends",
+                                   highlight=False)
+            return hold.value
+        raise MethodUnavailable("Go's heap sampler is off in this process "
+                                "(runtime.MemProfileRate is 0); --go-sampler turns it on")
+
+    def _writes_of(self, proc: GoProcess) -> TargetWrites:
+        """goprof's writes into a process; the first time, what dead goprof processes left
+        on is put back (and said)."""
+        pid = proc.target.pid
+        if pid not in self.writes:
+            self.writes[pid] = TargetWrites(pid, proc.target.label)
+            self._notes(self.writes[pid].restore_stale())
+        return self.writes[pid]
 
     def _restore_rates(self) -> None:
-        for pid, (proc, old) in self.rates_set.items():
-            if not alive(pid):
-                continue
+        """Every ending passes here (finally): the last goprof holding a rate puts it back."""
+        for writes, var in self.holds:
             try:
-                proc.write_rate(old)
-            except EnvironmentProblem as e:
-                self.console.print(f"[yellow]note:[/] could not put MemProfileRate back: {e}")
-        self.rates_set.clear()
+                self._notes(writes.release(var))
+            except (EnvironmentProblem, OSError) as e:
+                self._notes([f"could not release {var.name} in {writes.label}: {e}"])
+        self.holds.clear()
+
+    def _notes(self, notes: list[str]) -> None:
+        for note in notes:
+            self.console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
     def _say_methods(self, gos: list[GoProcess], methods: dict[int, MethodChoice]) -> None:
         for proc in gos:

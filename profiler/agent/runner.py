@@ -45,6 +45,7 @@ from goprof.symbolizer import (
     ProcessSymbolizer,
     SymbolizerError,
 )
+from goprof.target_writes import restore_stale
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 
@@ -221,6 +222,9 @@ class Agent:
         assert self.memrec is not None
         try:
             proc = inspect(p.candidate.target, self.cache)
+            # A rate a killed goprof left on is not the program's: put back before choosing.
+            for note in restore_stale(p.pid, p.candidate.target.label):
+                self.log.warning(note, extra={"fields": {"pid": p.pid}})
             rate = proc.read_rate() or 0
             methods = ["go-sampler", "span"] if rate > 0 else ["span"]
             reasons = []
