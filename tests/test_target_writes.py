@@ -435,7 +435,7 @@ def test_goprof_reset_refuses_a_running_session_unless_forced(tmp_path, steady):
                                       "--go-sampler", "-o", str(tmp_path / "m.pb.gz")])
         res = run_goprof("reset", "--pid", str(target.pid))
         assert res.returncode == 2 and f"goprof pid {goprof.pid}" in res.stderr, res.stderr
-        assert "--force" in res.stderr and "Traceback" not in res.stderr
+        assert "--force" in res.stderr and len(res.stderr.strip().splitlines()) == 1
         assert go_rate(target.pid) == 512 * 1024
         res = run_goprof("reset", "--pid", str(target.pid), "--force")
         assert res.returncode == 0 and "put back" in res.stderr, res.stderr
@@ -449,7 +449,13 @@ def test_goprof_reset_refuses_a_running_session_unless_forced(tmp_path, steady):
                 stop(p)
 
 
-def test_goprof_reset_bad_pid_is_one_line():
+def test_goprof_reset_bad_pid_or_not_root_is_one_line():
     res = run_goprof("reset", "--pid", "999999999")
     assert res.returncode == 2 and "no process with pid" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          *goprof_command(), "reset", "--pid", str(os.getpid())],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HOME": "/tmp", "COLUMNS": "200"})
+    assert res.returncode == 2 and "run it as root" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -44,11 +44,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     for note in notes:
         console.print(f"goprof: {escape(note)}", highlight=False)
     if refused:
-        held = "; ".join(f"{name} by goprof pid {', '.join(str(h.pid) for h in holders)}"
+        held = "; ".join(f"{name} is in use by running goprof pid "
+                         f"{', '.join(str(h.pid) for h in holders)}"
                          for name, holders in refused.items())
-        raise EnvironmentProblem(f"{target.label}: still in use by running goprof processes "
-                                 f"({held}): not reset; stop them (they put it back when they "
-                                 "end) or give --force")
+        raise EnvironmentProblem(f"{target.label}: {held}: not reset (put back when it "
+                                 "ends); --force resets it anyway")
     if not notes:
         console.print(f"goprof: nothing to reset in {target.label}", highlight=False)
     return 0
