@@ -9,7 +9,6 @@ gone) the samples collected so far are written.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import socket
@@ -21,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from goprof import __version__
+from goprof import __version__, output_files
 from goprof.build import ProfileBuilder
 from goprof.cpu_recorder import CpuRecorder, Stats
 from goprof.errors import EnvironmentProblem
@@ -86,15 +85,12 @@ def snapshot_symbols(target: Target, cache: BinaryCache, console: Console
 
 def write_outputs(profile: Profile, outputs: list[tuple[Path, Exporter]], kind: str = "",
                   targets: list[Target] | None = None) -> list[tuple[Path, Exporter]]:
-    """Each output written whole or not at all (a temporary file, then a rename); -o
-    templates are filled in, one file per process when they name {pid}. Returns the
-    files written."""
-    written = []
-    for out, exporter in outputs:
-        for path, part in _expand(out, profile, kind, targets or []):
-            _write_one(part, path, exporter)
-            written.append((path, exporter))
-    return written
+    """Each output written as goprof.output_files says (files whole or not at all,
+    devices, FIFOs and stdout in place, never replaced); -o templates are filled in, one
+    file per process when they name {pid}. Returns the files written."""
+    jobs = [(path, part, exporter) for out, exporter in outputs
+            for path, part in _expand(out, profile, kind, targets or [])]
+    return output_files.write_all(jobs)
 
 
 def _expand(out: Path, profile: Profile, kind: str, targets: list[Target]
@@ -112,19 +108,6 @@ def _expand(out: Path, profile: Profile, kind: str, targets: list[Target]
         samples = [s for s in profile.samples if s.labels.get("pid") == str(t.pid)]
         parts.append((Path(fill(exe=t.exe, pid=t.pid)), replace(profile, samples=samples)))
     return parts
-
-
-def _write_one(profile: Profile, out: Path, exporter: Exporter) -> None:
-    if not out.parent.is_dir():
-        raise EnvironmentProblem(f"cannot write {out}: folder {out.parent} does not exist")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            exporter.write(profile, f)
-        os.replace(tmp, out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise EnvironmentProblem(f"cannot write {out}: {e.strerror}") from None
 
 
 class Recorder(Protocol):
@@ -173,7 +156,9 @@ class RecordingSession:
     def _start_command(self) -> Target:
         try:
             # Popen returns once the exec succeeded, so the pid is the program's.
-            self.child = subprocess.Popen(self.command)
+            # With -o - standard output is the profile's alone: the command's goes to stderr.
+            self.child = subprocess.Popen(
+                self.command, stdout=2 if output_files.uses_stdout(self.outputs) else None)
         except OSError as e:
             raise EnvironmentProblem(f"cannot start {self.command[0]}: {e.strerror}") from None
         return target_for_pid(self.child.pid)

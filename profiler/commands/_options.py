@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from goprof import output_files
 from goprof.agent.discovery import exe_matches
 from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters import FORMATS, Exporter, exporter_for_path, get_exporter
@@ -29,7 +30,9 @@ def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                    help="where to write; the format follows the suffix (.pb.gz, .folded, "
                         ".speedscope.json) unless --format is given; repeat to write the "
                         "same profile in several formats; {exe} {pid} {time} {host} {kind} "
-                        "are filled in, and with {pid} each process gets its own file "
+                        "are filled in, and with {pid} each process gets its own file; - is "
+                        "standard output (pprof unless --format); a FIFO or device is "
+                        "written in place, a symbolic link at its target "
                         f"(default: goprof-{kind}-PID-TIME.pb.gz)")
     p.add_argument("--format", choices=FORMATS, default=None, help="output format")
     p.add_argument("--stats", default=None, metavar="FILE",
@@ -42,6 +45,8 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
     """-o files with their exporters; without -o, goprof-KIND-WHO-TIME in this folder
     (WHO: the pids, else the command's name)."""
     outputs = [output_for(path, args.format) for path in args.output]
+    if sum(output_files.is_stdout(p) for p, _ in outputs) > 1:
+        raise UsageError("-o: only one output can go to standard output (-, /dev/stdout)")
     if outputs:
         return outputs
     exporter = get_exporter(args.format or "pprof")
@@ -53,15 +58,24 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
 
 
 def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
-    """The file and its exporter: --format wins, else the file's suffix."""
+    """The file and its exporter: --format wins, else the file's suffix; `-` (standard
+    output) is pprof unless --format says otherwise, refused to a terminal. A FIFO, a
+    character device or a symbolic link is checked now (goprof.output_files), not after
+    the run."""
     output = Path(path)
+    if output_files.is_stdout(path):
+        exporter = get_exporter(format_name or "pprof")
+        output_files.check_stdout(exporter)
+        return output, exporter
     if "{" in path:
         try:
             check_template(path)
         except ValueError as e:
             raise UsageError(f"-o {e}") from None
-    if "{" not in str(output.parent) and not output.parent.is_dir():
-        raise UsageError(f"-o {path}: folder {output.parent} does not exist")
+        if "{" not in str(output.parent) and not output.parent.is_dir():
+            raise UsageError(f"-o {path}: folder {output.parent} does not exist")
+    else:
+        output_files.check_output(path)
     if format_name:
         return output, get_exporter(format_name)
     found = exporter_for_path(path)
