@@ -8,6 +8,7 @@ import errno
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -356,3 +357,97 @@ def test_cli_main_prune(tmp_path: Path, capsys) -> None:
     assert cli.main(["prune", str(tmp_path / "missing"), "--max-age", "1d"]) == 2
     err = " ".join(capsys.readouterr().err.split())  # rich wraps at the terminal width
     assert "no such directory" in err
+
+
+# -- names that are not goprof's files (issue 14) ---------------------------------------
+
+def test_the_sink_never_replaces_a_link_fifo_or_device(tmp_path: Path, caplog) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep me\n")
+    sink = DirectorySink(out, "{exe}.{kind}.pb.gz", host="h")
+    (out / "cpusplit.cpu.pb.gz").symlink_to(elsewhere / "precious")
+    os.mkfifo(out / "cpusplit.cpu-1.pb.gz")
+    (out / "cpusplit.cpu-2.pb.gz").symlink_to(elsewhere / "missing")  # dangling
+    in_the_way = ["cpusplit.cpu.pb.gz", "cpusplit.cpu-1.pb.gz", "cpusplit.cpu-2.pb.gz"]
+    if os.geteuid() == 0:
+        os.mknod(out / "cpusplit.cpu-3.pb.gz", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        in_the_way.append("cpusplit.cpu-3.pb.gz")
+    with caplog.at_level("WARNING", logger=directory_module.__name__):
+        sink.send(window(samples=5))
+    written = f"cpusplit.cpu-{len(in_the_way)}.pb.gz"
+    assert read_pprof(out / written).sample[0].value[0] == 5
+    assert (elsewhere / "precious").read_text() == "keep me\n"
+    assert not (elsewhere / "missing").exists()
+    assert os.readlink(out / "cpusplit.cpu.pb.gz") == str(elsewhere / "precious")
+    assert stat.S_ISFIFO(os.lstat(out / "cpusplit.cpu-1.pb.gz").st_mode)
+    if os.geteuid() == 0:
+        assert stat.S_ISCHR(os.lstat(out / "cpusplit.cpu-3.pb.gz").st_mode)
+    assert sink.names_in_the_way == len(in_the_way)
+    logged = [r.getMessage() for r in caplog.records]
+    assert f"profile directory {out}: cpusplit.cpu.pb.gz is a symbolic link: left alone" \
+        in logged
+    assert f"profile directory {out}: cpusplit.cpu-1.pb.gz is a FIFO: left alone" in logged
+
+
+def test_the_sink_does_not_write_through_a_symlinked_subfolder(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sink = DirectorySink(out, "{kind}/{exe}.pb.gz", host="h")
+    (out / "cpu").symlink_to(elsewhere)
+    with pytest.raises(SinkRejected, match=r"cpu is a symbolic link, not a folder: not "
+                                           "written through"):
+        sink.send(window())
+    assert os.listdir(elsewhere) == []  # prune would never have found it there
+    assert sink.names_in_the_way == 1
+    sink.send(window("mem"))  # other subfolders still work
+    assert all_files(out) == ["mem/cpusplit.pb.gz"] and (out / "cpu").is_symlink()
+
+
+def test_prune_leaves_whatever_is_not_a_profile_file(tmp_path: Path) -> None:
+    """Regression guard: these already held before issue 14 (os.walk does not follow
+    links, lstat is checked); kept so they keep holding."""
+    now = 1_800_000_000.0
+    top, outside = tmp_path / "profiles", tmp_path / "outside"
+    old = 30 * DAY
+    victim = put(outside, "victim.cpu.pb.gz", 100, old, now)
+    (top / "sub").mkdir(parents=True)
+    os.mkfifo(top / "fifo.cpu.pb.gz")
+    (top / "link.cpu.pb.gz").symlink_to(victim)
+    (top / "linked").symlink_to(outside)  # a symlinked folder: never entered
+    put(top, "folder.pb.gz/inside.txt", 10, old, now)  # a folder named like a profile
+    if os.geteuid() == 0:
+        os.mknod(top / "dev.pb.gz", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    mine = put(top, "sub/mine.cpu.pb.gz", 100, old, now)
+    for path in top.iterdir():
+        os.utime(path, (now - old, now - old), follow_symlinks=False)
+    result = prune(top, max_age_s=DAY, max_bytes=0, now=now)
+    assert result.removed == [mine] and result.errors == []
+    assert victim.exists() and (top / "link.cpu.pb.gz").is_symlink()
+    assert stat.S_ISFIFO(os.lstat(top / "fifo.cpu.pb.gz").st_mode)
+    assert (top / "folder.pb.gz" / "inside.txt").exists() and (top / "linked").is_symlink()
+    if os.geteuid() == 0:
+        assert stat.S_ISCHR(os.lstat(top / "dev.pb.gz").st_mode)
+
+
+def test_prune_does_not_follow_a_folder_swapped_for_a_link(tmp_path: Path) -> None:
+    """Between the scan and the unlink a folder becomes a symlink to another folder
+    holding a file of the same name: the file there is not removed (an unlink by path
+    name, as prune did, would have followed the link and removed it)."""
+    now = 1_800_000_000.0
+    top, outside = tmp_path / "profiles", tmp_path / "outside"
+    put(top, "app/old.cpu.pb.gz", 100, 30 * DAY, now)
+    victim = put(outside, "old.cpu.pb.gz", 100, 30 * DAY, now)
+    same = put(top, "same/also.cpu.pb.gz", 100, 30 * DAY, now)
+    plan = directory_module.plan_prune(top, max_age_s=DAY, max_bytes=None, now=now)
+    assert len(plan.doomed) == 2
+    shutil.rmtree(top / "app")
+    (top / "app").symlink_to(outside)
+    same.unlink()
+    same.write_bytes(b"another file, same name")  # replaced since the scan: not judged
+    result = directory_module.remove_planned(plan)
+    assert victim.exists() and same.exists()
+    assert result.removed == []
+    assert [e.split(": ", 1)[1] for e in result.errors] == [
+        "folder app became a symbolic link or a file since the scan: not followed",
+        "replaced by another file or link since the scan: left alone"]
