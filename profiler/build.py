@@ -22,6 +22,14 @@ from goprof.symbolizer import KernelSymbolizer, ProcessSymbolizer
 CPU_SAMPLE_TYPES = [ValueType("samples", "count"), ValueType("cpu", "nanoseconds")]
 CPU_PERIOD_TYPE = ValueType("cpu", "nanoseconds")
 
+# What symbol tables, comms and methods are keyed by: a process's first image by its
+# pid, the image it runs after its Nth exec by (pid, N) (see bpf/cpu.c's on_exec).
+ImageKey = int | tuple[int, int]
+
+
+def image_key(pid: int, generation: int) -> ImageKey:
+    return pid if generation == 0 else (pid, generation)
+
 
 @dataclass
 class SymbolStats:
@@ -33,7 +41,11 @@ class SymbolStats:
     cut_stacks: int = 0  # samples whose user stack was cut at a return address in no mapping
 
     # The processes named: their symbolizers know what was damaged in their binaries.
-    symbolizers: dict[int, ProcessSymbolizer] = field(default_factory=dict, repr=False)
+    symbolizers: dict[ImageKey, ProcessSymbolizer] = field(default_factory=dict, repr=False)
+
+    def _distinct(self) -> list[ProcessSymbolizer]:
+        """Each symbolizer once (an image read before an exec was seen has two keys)."""
+        return list({id(s): s for s in self.symbolizers.values()}.values())
 
     @property
     def unnamed_frames(self) -> int:
@@ -44,17 +56,17 @@ class SymbolStats:
         """Functions, among those the profile's addresses fell in, whose pclntab or
         symbol entries were damaged: unnamed, or named without inlined frames or
         file:line (a bad binary must not stop the rest from being named)."""
-        return sum(len(s.damaged) for s in self.symbolizers.values())
+        return sum(len(s.damaged) for s in self._distinct())
 
     @property
     def unreadable_binaries(self) -> int:
         """Mapped executables that could not be read at all: their frames are unnamed."""
-        return sum(len(s.unreadable) for s in self.symbolizers.values())
+        return sum(len(s.unreadable) for s in self._distinct())
 
     @property
     def damaged_build_info(self) -> int:
         """Binaries whose build info is damaged (their Go version is unknown)."""
-        return sum(len(s.bad_build_info) for s in self.symbolizers.values())
+        return sum(len(s.bad_build_info) for s in self._distinct())
 
     def damage_text(self) -> str:
         """", damaged functions N, unreadable binaries M" (the non-zero ones), for the
@@ -72,17 +84,21 @@ class SymbolStats:
 
 
 class ProfileBuilder:
-    def __init__(self, symbolizers: dict[int, ProcessSymbolizer],
-                 kernel: KernelSymbolizer | None, comms: dict[int, str]) -> None:
+    def __init__(self, symbolizers: dict[ImageKey, ProcessSymbolizer],
+                 kernel: KernelSymbolizer | None, comms: dict[ImageKey, str]) -> None:
         self.symbolizers = symbolizers
         self.kernel = kernel
         self.comms = comms
         self.stats = SymbolStats(symbolizers=symbolizers)
 
     def user_locations(self, pid: int, user: tuple[int, ...], leaf_ret: int,
-                       weight: int) -> list[Location]:
-        """Locations of a user stack (leaf first); `weight` counts cut stacks."""
-        sym = self.symbolizers.get(pid)
+                       weight: int, generation: int = 0) -> list[Location]:
+        """Locations of a user stack (leaf first), named from the image the process ran
+        then (`generation`); `weight` counts cut stacks. An image whose tables could not
+        be read keeps its addresses, unnamed."""
+        sym = self.symbolizers.get(image_key(pid, generation))
+        if sym is None and user:
+            return [Location(address=pc) for pc in user]
         if sym is None or not user:
             return []
         pcs = list(user)
@@ -110,20 +126,22 @@ class ProfileBuilder:
     def build_cpu(self, samples: Iterable[RawSample], period_ns: int, time_nanos: int,
                   duration_nanos: int, comments: list[str]) -> Profile:
         # Merge identical keys first (the same stack in several windows).
-        merged: Counter[tuple[int, int, tuple[int, ...], tuple[int, ...], int]] = Counter()
+        merged: Counter[tuple[int, int, tuple[int, ...], tuple[int, ...], int, int]] = Counter()
         for raw in samples:
-            merged[(raw.pid, raw.tid, raw.user, raw.kernel, raw.leaf_ret)] += raw.count
+            merged[(raw.pid, raw.tid, raw.user, raw.kernel, raw.leaf_ret, raw.generation)] += \
+                raw.count
         profile = Profile(sample_types=list(CPU_SAMPLE_TYPES), period_type=CPU_PERIOD_TYPE,
                           period=period_ns, time_nanos=time_nanos,
                           duration_nanos=duration_nanos, comments=comments)
-        for (pid, tid, user, kernel, leaf_ret), count in merged.items():
-            raw = RawSample(pid, tid, user, kernel, leaf_ret, count)
+        for (pid, tid, user, kernel, leaf_ret, generation), count in merged.items():
+            raw = RawSample(pid, tid, user, kernel, leaf_ret, count, generation)
             klocs = self.kernel_locations(raw)
-            ulocs = self.user_locations(pid, user, leaf_ret, count)
+            ulocs = self.user_locations(pid, user, leaf_ret, count, generation)
             self.count_frames(klocs, count, kernel=True)
             self.count_frames(ulocs, count, kernel=False)
             locations = tuple(klocs + ulocs)  # leaf first: kernel frames are the leaves
-            labels = {"pid": str(pid), "tid": str(tid), "comm": self.comms.get(pid, "?")}
+            labels = {"pid": str(pid), "tid": str(tid),
+                      "comm": self.comms.get(image_key(pid, generation), "?")}
             profile.samples.append(Sample(locations, (count, count * period_ns), labels))
         return profile
 

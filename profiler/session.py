@@ -24,6 +24,7 @@ from goprof import __version__, output_files
 from goprof.build import ProfileBuilder
 from goprof.cpu_recorder import CpuRecorder, Stats
 from goprof.errors import EnvironmentProblem
+from goprof.execs import ImageTracker
 from goprof.exporters import Exporter
 from goprof.exporters.sink import render_template
 from goprof.model import Profile
@@ -36,6 +37,7 @@ from goprof.symbolizer import (
     SymbolizerError,
 )
 from goprof.targets import Target, alive, check_privileges, target_for_pid
+from goprof.windows import ExecEvent
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
@@ -116,6 +118,8 @@ class Recorder(Protocol):
     def samples_seen(self) -> int: ...
     def drain(self) -> Any: ...  # a window: .samples (list) and .stats (with add())
     def stop(self) -> None: ...
+    def take_execs(self) -> list[ExecEvent]: ...
+    def generation(self, pid: int) -> int | None: ...
 
 
 class RecordingSession:
@@ -136,6 +140,7 @@ class RecordingSession:
         self.window_s = min(duration or MAX_WINDOW_S, MAX_WINDOW_S)
         self.record_cpu_s = 0.0
         self.written: list[tuple[Path, Exporter]] = []  # outputs, templates filled in
+        self.images = ImageTracker(BinaryCache())  # symbol tables per target and exec
 
     # -- signals --------------------------------------------------------------
     def _on_signal(self, signum: int, _frame) -> None:
@@ -175,8 +180,27 @@ class RecordingSession:
                 self.child.kill()
                 self.child.wait()
 
-    def _record(self, recorder: Recorder, targets: list[Target],
-                symbolizers: dict[int, ProcessSymbolizer], stats: Any
+    def snapshot_targets(self, targets: list[Target]) -> None:
+        """Symbol tables of every target now, while they live (see snapshot_symbols)."""
+        for t in targets:
+            read_ns = time.monotonic_ns()
+            self.images.add_first(t, snapshot_symbols(t, self.images.cache, self.console),
+                                  read_ns)
+
+    def _follow_execs(self, recorder: Recorder) -> None:
+        """Targets that exec'd since the last look: their new images' tables are read
+        now, so their samples from then on are named from the right binary."""
+        for event in recorder.take_execs():
+            record = self.images.on_exec(event, recorder.generation)
+            if record is not None:
+                self.console.print(f"goprof: {record.describe()}", highlight=False)
+                self._on_new_image(event, recorder)
+
+    def _on_new_image(self, event: ExecEvent, recorder: Recorder) -> None:
+        """What a profile kind does when a target starts another program (mem: its
+        probes and offsets are the new binary's)."""
+
+    def _record(self, recorder: Recorder, targets: list[Target], stats: Any
                 ) -> tuple[list, str, float]:
         """Records until the duration, a signal or every target's exit; returns
         (samples, what ended the run, seconds recorded); stats are added to."""
@@ -212,6 +236,7 @@ class RecordingSession:
                 if self.first_sample_at is None and now - last_tick < TICK_S:
                     continue
                 last_tick = now
+                self._follow_execs(recorder)
                 for pid in list(live_pids):
                     if not alive(pid):
                         live_pids.discard(pid)
@@ -220,12 +245,14 @@ class RecordingSession:
                     break
                 if now >= next_drain:
                     self._drain_into(recorder, samples, stats)
-                    for pid in live_pids:
-                        self._refresh(symbolizers[pid])
+                    for sym in self.images.current():
+                        if sym.pid in live_pids:
+                            self._refresh(sym)
                     next_drain = now + window_s
                 progress.update(now - started, seen, stats.lost)
         elapsed = time.monotonic() - started
         recorder.stop()
+        self._follow_execs(recorder)  # an exec just before the end still gets its names
         # Both windows: the current one, then the other (empty unless a flip raced).
         self._drain_into(recorder, samples, stats)
         self._drain_into(recorder, samples, stats)
@@ -243,6 +270,17 @@ class RecordingSession:
             sym.refresh()  # mappings added since (dlopen): keep what is loaded
         except SymbolizerError:
             pass  # exited meanwhile: the snapshot stays
+
+    # -- execs in what a run says ------------------------------------------------
+    def exec_lines(self) -> list[str]:
+        return [r.describe() for r in self.images.records]
+
+    def exec_rows(self) -> list[tuple[str, str]]:
+        return [("exec", line) for line in self.exec_lines()]
+
+    def exec_stats(self) -> list[dict]:
+        return [{"pid": r.pid, "generation": r.generation, "exe": r.exe, "comm": r.comm,
+                 "time": r.wall_time, "named": not r.problem} for r in self.images.records]
 
     def _write_json(self, path: Path, doc: dict) -> None:
         try:
@@ -273,23 +311,23 @@ class CpuSession(RecordingSession):
             setup_s = time.monotonic() - started_mono
             # Symbol tables right after the start (off the first sample's path), while
             # the targets are alive: one that exits later keeps its names.
-            cache = BinaryCache()
-            symbolizers = {t.pid: snapshot_symbols(t, cache, self.console) for t in targets}
+            self.snapshot_targets(targets)
             cpu_before = _cpu_seconds()
             stats = Stats()
-            samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
+            samples, ended_by, elapsed = self._record(recorder, targets, stats)
             self.record_cpu_s = _cpu_seconds() - cpu_before
             bpf_stats = recorder.program_stats()
         finally:
             recorder.close()
             self._restore_signals(old_handlers)
             self._stop_child()  # also when the run failed: a started command is not left
-        comms = {t.pid: t.comm for t in targets}
         # kallsyms takes ~0.3 s to read: after recording, off the first sample's path.
-        builder = ProfileBuilder(symbolizers, self._kernel_symbolizer(), comms)
+        builder = ProfileBuilder(self.images.symbolizers, self._kernel_symbolizer(),
+                                 self.images.comms)
         comments = [
             f"goprof {__version__} cpu: {self.opts.frequency} Hz cpu-clock on every CPU, "
             f"targets {', '.join(t.label for t in targets)}",
+            *self.exec_lines(),
             f"ended: {ended_by}",
         ]
         sym_started = time.monotonic()
@@ -335,6 +373,7 @@ class CpuSession(RecordingSession):
             "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
             "bpf_from_cache": cached,
+            "execs": self.exec_stats(),
         }
         self._write_json(self.opts.stats_path, doc)
 
@@ -356,6 +395,7 @@ class CpuSession(RecordingSession):
             else 100.0
         rows = [
             ("ended", result.ended_by),
+            *self.exec_rows(),
             ("samples", f"{stats.counted}"),
             ("lost samples", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
                                                  if stats.counts_full else "")),
