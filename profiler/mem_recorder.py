@@ -131,13 +131,22 @@ class MemRecorder(WindowedMaps):
         prog = self.loaded.programs[probe.program]
         try:
             fd = syscalls.uprobe_open(probe.path, probe.file_offset)
-            self.events.append(fd)
-            syscalls.attach_perf_event(fd, prog)
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"cannot put a uprobe on {probe.function}: {e}") from None
+        try:
+            syscalls.attach_perf_event(fd, prog)
+            if enable:
+                syscalls.enable_perf_event(fd)
+        except BaseException as e:
+            # The agent attaches while running, for processes that may exit meanwhile:
+            # a probe half set up is closed here, not left open until the run ends.
+            os.close(fd)
+            if isinstance(e, syscalls.BPFError):
+                raise EnvironmentProblem(f"cannot put a uprobe on {probe.function}: {e}") \
+                    from None
+            raise
+        self.events.append(fd)
         self.probes.append(probe)
-        if enable:
-            syscalls.enable_perf_event(fd)
         return fd
 
     def detach(self, fd: int) -> None:

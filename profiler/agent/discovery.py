@@ -75,6 +75,21 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields else None  # field 22 of stat, counted after the comm
 
 
+def gone(c: Candidate) -> bool:
+    """Whether the process c was found as has exited (also a zombie not yet reaped, or
+    its pid reused since). Asked after something failed: a read that failed because
+    the process exited is the normal case on a busy host, not an error."""
+    if start_ticks(c.target.pid) != c.start_ticks:
+        return True
+    try:
+        # An exiting process drops its memory (and with it its exe link) before it
+        # turns zombie: our reads fail from that moment, so this must say gone too.
+        os.readlink(f"/proc/{c.target.pid}/exe")
+    except OSError:
+        return True
+    return False
+
+
 class GoBinaries:
     """Executable file -> Go build facts, or None for a non-Go program (cached too)."""
 
@@ -135,6 +150,10 @@ class Discovery:
         self._first_seen: dict[int, float] = {}
         self._turn = 0
         self._self = os.getpid()
+        # (pid, exe, error) of processes whose examination failed unexpectedly; the
+        # caller takes them (take_failures) to count and log. They stay decided: looked
+        # at again only if they exec (or the pid is reused), not on every scan.
+        self._failures: list[tuple[int, str, Exception]] = []
 
     def scan(self, watched: frozenset[int] | set[int] = frozenset()) -> list[Candidate]:
         """Processes not seen before (or that exec'd since) that are Go programs
@@ -175,7 +194,12 @@ class Discovery:
             if self._decided.get(pid) == ticks and (before is None or before[1] == exe):
                 continue
             self._decided[pid] = ticks
-            candidate = self._examine(pid, ticks, exe)
+            try:
+                candidate = self._examine(pid, ticks, exe)
+            except Exception as e:  # noqa: BLE001 - one process's trouble is its own
+                if start_ticks(pid) == ticks:  # still there: not just gone meanwhile
+                    self._failures.append((pid, exe, e))
+                continue
             if candidate is not None:
                 found.append(candidate)
         for pid in [p for p in self._decided if p not in alive]:
@@ -183,6 +207,10 @@ class Discovery:
             self._seen.pop(pid, None)
             self._first_seen.pop(pid, None)
         return found
+
+    def take_failures(self) -> list[tuple[int, str, Exception]]:
+        failures, self._failures = self._failures, []
+        return failures
 
     def forget(self, pid: int) -> None:
         """The next scan looks at `pid` anew (a profiled process there was let go)."""

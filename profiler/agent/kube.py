@@ -141,7 +141,7 @@ def cgroup_of(pid: int, proc_root: str = "/proc") -> CgroupInfo | None:
     try:
         with open(f"{proc_root}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
             text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:  # gone (ENOENT, ESRCH mid-read), or unreadable: not a target
         return None
     return parse_cgroup(text)
 

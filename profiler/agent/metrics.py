@@ -39,8 +39,21 @@ class AgentMetrics:
                                  registry=r)
         self.let_go = Counter("goprof_processes_let_go", "Profiled processes that exited and "
                               "were released", registry=r)
-        self.failed = Counter("goprof_processes_failed", "Go processes that could not be "
-                              "profiled (the log says why)", ["kind"], registry=r)
+        # An SRE's two questions: is the agent missing processes because they are gone
+        # (normal where short-lived programs come and go: vanished), or because
+        # something is wrong (failed: look at the log)?
+        self.vanished = Counter("goprof_processes_vanished", "Go processes that exited "
+                                "while being picked up, before they could be profiled "
+                                "(short-lived programs: normal, not an error)", registry=r)
+        self.failed = Counter("goprof_processes_failed", "Running Go processes the agent "
+                              "could not fully profile, counted once per process and kind: "
+                              "cpu (not picked up, or a CPU window failed), mem (CPU only, or "
+                              "an allocation window failed), let_go (something it held could "
+                              "not be released); the log says why, once", ["kind"], registry=r)
+        self.windows_failed = Counter("goprof_windows_failed", "Process windows that could "
+                                      "not be built and were dropped (the process had "
+                                      "exited, or goprof_processes_failed says)", ["kind"],
+                                      registry=r)
         self.windows = Counter("goprof_windows", "Profiles made (one per process per window)",
                                ["kind"], registry=r)
         self.empty_windows = Counter("goprof_windows_empty", "Process windows with no samples "

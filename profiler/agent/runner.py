@@ -20,12 +20,13 @@ import os
 import select
 import threading
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from goprof import __version__
 from goprof.agent.delivery import Delivery
-from goprof.agent.discovery import Candidate, Discovery, ProcessFilter, start_ticks
+from goprof.agent.discovery import Candidate, Discovery, ProcessFilter, gone, start_ticks
 from goprof.agent.labels import process_labels
 from goprof.agent.metrics import AgentMetrics
 from goprof.build import ProfileBuilder
@@ -81,6 +82,7 @@ class Profiled:
     exited: bool = False
     pidfd: int | None = None  # readable once the process exits (None: no pidfd here)
     maps_read: float = field(default_factory=time.monotonic)  # its maps last read
+    failed: set[str] = field(default_factory=set)  # kinds counted and logged, once each
 
     @property
     def pid(self) -> int:
@@ -188,33 +190,54 @@ class Agent:
         for c in found:
             if c.target.pid not in self.profiled:
                 self._pick_up(c)
+        for pid, exe, e in self.discovery.take_failures():  # each process once
+            self.metrics.failed.labels("cpu").inc()
+            self.log.warning("cannot examine a process; skipped", extra={"fields": {
+                "pid": pid, "exe": exe, "error": describe(e)}})
 
     def _pick_up(self, c: Candidate) -> None:
+        """A process that exits at any step of this (the normal case where short-lived
+        programs come and go) is rolled back and counted as vanished, quietly; anything
+        else going wrong is that process's failure alone: rolled back, counted, logged,
+        and not tried again (discovery looks at it anew only if it execs)."""
         t = c.target
         try:
-            sym = ProcessSymbolizer(t.pid, self.cache)
-        except ProcessGone:
-            return
-        except SymbolizerError as e:
+            p = self._set_up(c)
+        except Exception as e:  # noqa: BLE001 - one process's trouble is its own
+            self._trim_caches()  # the binaries its symbolizer loaded, if nobody else's
+            if isinstance(e, ProcessGone) or gone(c):
+                self.metrics.vanished.inc()
+                return
             self.metrics.failed.labels("cpu").inc()
-            self.log.warning("cannot read a process's binaries; skipped",
-                             extra={"fields": {"pid": t.pid, "comm": t.comm, "error": str(e)}})
+            self.log.warning("cannot profile this process; skipped", extra={"fields": {
+                "pid": t.pid, "comm": t.comm, "exe": t.exe, "error": describe(e)}})
             return
-        labels = process_labels(c, hostname=self.opts.hostname, node=self.opts.node,
-                                service_name=self.opts.service_name, pods=self.pods)
-        p = Profiled(c, labels, sym, pidfd=self._open_pidfd(c))
-        assert self.cpu is not None
-        self.cpu.add_target(t.pid)
-        if self.memrec is not None:
-            self._start_mem(p)
         self.profiled[t.pid] = p
         self.metrics.picked_up.inc()
         self.metrics.processes.set(len(self.profiled))
         self.metrics.binaries.set(len(self.cache))
         self.log.info("process picked up", extra={"fields": {
             "pid": t.pid, "comm": t.comm, "exe": t.exe, "go_version": c.binary.go_version,
-            "service_name": labels.get("service_name", ""),
+            "service_name": p.labels.get("service_name", ""),
             **({"mem_method": p.mem.method} if p.mem else {})}})
+
+    def _set_up(self, c: Candidate) -> Profiled:
+        """Everything a process needs to be profiled; what was set up is released if
+        a later step raises (uprobes of one site and not the next, a targets entry)."""
+        sym = ProcessSymbolizer(c.target.pid, self.cache)
+        p = Profiled(c, {}, sym)
+        try:
+            p.labels = process_labels(c, hostname=self.opts.hostname, node=self.opts.node,
+                                      service_name=self.opts.service_name, pods=self.pods)
+            p.pidfd = self._open_pidfd(c)
+            assert self.cpu is not None
+            self.cpu.add_target(c.target.pid)
+            if self.memrec is not None:
+                self._start_mem(p)
+        except BaseException:
+            self._release(p)
+            raise
+        return p
 
     def _start_mem(self, p: Profiled) -> None:
         """Allocations: go-sampler where Go's own sampler is on, else span (as goprof mem
@@ -235,59 +258,99 @@ class Agent:
                 except MethodUnavailable as e:
                     reasons.append(f"{method}: {e}")
             raise EnvironmentProblem("; ".join(reasons))
-        except EnvironmentProblem as e:
-            self.metrics.failed.labels("mem").inc()
-            self.log.warning("no allocation profile for this process (CPU only)", extra={
-                "fields": {"pid": p.pid, "comm": p.candidate.target.comm, "error": str(e)}})
+        except Exception as e:  # noqa: BLE001 - one process's trouble is its own
+            if isinstance(e, ProcessGone) or gone(p.candidate):
+                raise  # it exited: the whole pick-up is rolled back (_pick_up)
+            self._failed(p, "mem", "no allocation profile for this process (CPU only)", e)
 
     def _attach_method(self, p: Profiled, proc: GoProcess, method: str, rate: int
                        ) -> MethodChoice:
         assert self.memrec is not None
         layout = proc.span_offsets() if method == "span" else (0, 0)
         sites = proc.sites(method)
-        for site in sites:
-            key = (proc.inode, site.function)
-            if key in self._probe_fds:
-                fd, users = self._probe_fds[key]
-                self._probe_fds[key] = (fd, users + 1)
-            else:
-                fd = self.memrec.attach(Probe(proc.path, site.file_offset, site.program,
-                                              site.function), enable=True)
-                self._probe_fds[key] = (fd, 1)
-            p.probes.append(key)
-        self.memrec.add_target(p.pid, layout)
+        held = len(p.probes)
+        try:
+            for site in sites:
+                key = (proc.inode, site.function)
+                if key in self._probe_fds:
+                    fd, users = self._probe_fds[key]
+                    self._probe_fds[key] = (fd, users + 1)
+                else:
+                    fd = self.memrec.attach(Probe(proc.path, site.file_offset, site.program,
+                                                  site.function), enable=True)
+                    self._probe_fds[key] = (fd, 1)
+                p.probes.append(key)
+            self.memrec.add_target(p.pid, layout)
+        except BaseException:
+            # One site attached and not the next (the process exited meanwhile): the
+            # first is let go now, not held for a method that is not running.
+            self._release_probes(p.probes[held:])
+            del p.probes[held:]
+            raise
         return MethodChoice(method, rate if method == "go-sampler" else self.opts.mem_rate)
 
     def _open_pidfd(self, c: Candidate) -> int | None:
         try:
             fd = os.pidfd_open(c.target.pid)
+        except ProcessLookupError:
+            raise ProcessGone(f"pid {c.target.pid} exited") from None
         except (OSError, AttributeError):
-            return None  # gone already (the next scan says), or no pidfds: /proc reads
+            return None  # no pidfds here: its exit is noticed by /proc reads
         if start_ticks(c.target.pid) != c.start_ticks:
-            os.close(fd)  # the pid was reused since the scan: that pidfd is another's
-            return None
+            os.close(fd)  # exited, or the pid was reused since: that pidfd is another's
+            raise ProcessGone(f"pid {c.target.pid} exited")
         self._exits.register(fd, select.POLLIN)
         return fd
 
     def _close_pidfd(self, p: Profiled) -> None:
         if p.pidfd is not None:
-            self._exits.unregister(p.pidfd)
-            os.close(p.pidfd)
-            p.pidfd = None
+            fd, p.pidfd = p.pidfd, None
+            try:
+                self._exits.unregister(fd)
+            finally:
+                os.close(fd)
+
+    def _failed(self, p: Profiled, kind: str, msg: str, e: BaseException) -> None:
+        """Counts and logs one kind of failure of a process once, however many windows
+        it hits: a bug in one binary's tables must not flood the log."""
+        if kind in p.failed:
+            return
+        p.failed.add(kind)
+        self.metrics.failed.labels(kind).inc()
+        self.log.warning(msg, extra={"fields": {
+            "pid": p.pid, "comm": p.candidate.target.comm, "error": describe(e)}})
+
+    def _release(self, p: Profiled) -> list[Exception]:
+        """Releases what p holds (its pidfd, targets entries, uprobe references), each
+        step whatever the others did, so one failing leaks nothing else; the errors."""
+        assert self.cpu is not None
+        steps = [lambda: self._close_pidfd(p), lambda: self.cpu.remove_target(p.pid)]
+        if self.memrec is not None:
+            steps.append(lambda: self.memrec.remove_target(p.pid))
+        errors = [e for e in map(_attempt, steps) if e is not None]
+        errors += self._release_probes(p.probes)
+        p.probes = []
+        return errors
+
+    def _release_probes(self, keys: list[ProbeKey]) -> list[Exception]:
+        """Drops a reference to each uprobe; the last one detaches it."""
+        errors = []
+        for key in keys:
+            fd, users = self._probe_fds.get(key, (-1, 0))
+            if users > 1:
+                self._probe_fds[key] = (fd, users - 1)
+            elif users == 1:
+                del self._probe_fds[key]
+                assert self.memrec is not None
+                error = _attempt(lambda fd=fd: self.memrec.detach(fd))
+                if error is not None:
+                    errors.append(error)
+        return errors
 
     def _let_go(self, p: Profiled) -> None:
-        assert self.cpu is not None
-        self._close_pidfd(p)
-        self.cpu.remove_target(p.pid)
-        if self.memrec is not None:
-            self.memrec.remove_target(p.pid)
-            for key in p.probes:
-                fd, users = self._probe_fds[key]
-                if users > 1:
-                    self._probe_fds[key] = (fd, users - 1)
-                else:
-                    del self._probe_fds[key]
-                    self.memrec.detach(fd)
+        errors = self._release(p)
+        if errors:
+            self._failed(p, "let_go", "could not release all a process held", errors[0])
         del self.profiled[p.pid]
         self.discovery.forget(p.pid)  # a new process on that pid is looked at anew
         self.metrics.let_go.inc()
@@ -295,16 +358,20 @@ class Agent:
             "pid": p.pid, "comm": p.candidate.target.comm}})
 
     def _release_exited(self) -> None:
-        gone = [p for p in self.profiled.values() if p.exited]
-        for p in gone:
+        exited = [p for p in self.profiled.values() if p.exited]
+        for p in exited:
             self._let_go(p)
-        if gone:
-            keep = [b for p in self.profiled.values() for b in p.symbolizer.binaries]
-            self.cache.retain(keep)
-            self.discovery.binaries.forget_except(
-                {p.candidate.file_key for p in self.profiled.values()})
+        if exited:
+            self._trim_caches()
             self.metrics.processes.set(len(self.profiled))
-            self.metrics.binaries.set(len(self.cache))
+
+    def _trim_caches(self) -> None:
+        """Symbol tables and Go build facts of binaries no profiled process runs."""
+        keep = [b for p in self.profiled.values() for b in p.symbolizer.binaries]
+        self.cache.retain(keep)
+        self.discovery.binaries.forget_except(
+            {p.candidate.file_key for p in self.profiled.values()})
+        self.metrics.binaries.set(len(self.cache))
 
     # -- windows --------------------------------------------------------------------
     def close_window(self) -> None:
@@ -324,7 +391,10 @@ class Agent:
         for pid, samples in cpu_by_pid.items():
             p = self.profiled.get(pid)
             if p is not None:
-                self._cpu_profile(p, samples, start_ns, end_ns, st.lost)
+                try:
+                    self._cpu_profile(p, samples, start_ns, end_ns, st.lost)
+                except Exception as e:  # noqa: BLE001 - that process's window only
+                    self._window_failed(p, "cpu", e)
         for p in self.profiled.values():
             if p.pid not in cpu_by_pid:
                 self.metrics.empty_windows.labels("cpu").inc()
@@ -382,17 +452,33 @@ class Agent:
             if not samples:
                 self.metrics.empty_windows.labels("mem").inc()
                 continue
-            builder = ProfileBuilder({p.pid: p.symbolizer}, None,
-                                     {p.pid: p.candidate.target.comm})
-            alloc = AllocProfileBuilder(builder, {p.pid: p.mem})
-            comments = [f"goprof {__version__} agent mem: method {p.mem.method}, rate "
-                        f"{p.mem.rate} bytes, window {self.opts.window_s:g} s, "
-                        f"{p.candidate.target.label}"]
-            profile = alloc.build(samples, st, start_ns, end_ns - start_ns, comments,
-                                  normalize_span=span_pids == [p.pid])
-            self.metrics.samples.labels("mem").inc(sum(s.events for s in samples))
-            self.metrics.unnamed.labels("mem").inc(builder.stats.unnamed_frames)
-            self._submit("mem", p, profile, start_ns, end_ns, {"method": p.mem.method})
+            try:
+                self._mem_profile(p, samples, st, start_ns, end_ns, span_pids == [p.pid])
+            except Exception as e:  # noqa: BLE001 - that process's window only
+                self._window_failed(p, "mem", e)
+
+    def _window_failed(self, p: Profiled, kind: str, e: Exception) -> None:
+        """A window of one process could not be built: dropped, counted; a failure
+        (logged once) unless the process had exited, which explains it."""
+        self.metrics.windows_failed.labels(kind).inc()
+        if not p.exited and not gone(p.candidate):
+            self._failed(p, kind, f"a {kind} window of a process could not be built; "
+                         "dropped", e)
+
+    def _mem_profile(self, p: Profiled, samples: list[AllocSample], st, start_ns: int,
+                     end_ns: int, normalize_span: bool) -> None:
+        assert p.mem is not None
+        builder = ProfileBuilder({p.pid: p.symbolizer}, None,
+                                 {p.pid: p.candidate.target.comm})
+        alloc = AllocProfileBuilder(builder, {p.pid: p.mem})
+        comments = [f"goprof {__version__} agent mem: method {p.mem.method}, rate "
+                    f"{p.mem.rate} bytes, window {self.opts.window_s:g} s, "
+                    f"{p.candidate.target.label}"]
+        profile = alloc.build(samples, st, start_ns, end_ns - start_ns, comments,
+                              normalize_span=normalize_span)
+        self.metrics.samples.labels("mem").inc(sum(s.events for s in samples))
+        self.metrics.unnamed.labels("mem").inc(builder.stats.unnamed_frames)
+        self._submit("mem", p, profile, start_ns, end_ns, {"method": p.mem.method})
 
     def _submit(self, kind: str, p: Profiled, profile: Profile, start_ns: int, end_ns: int,
                 extra: dict[str, str]) -> None:
@@ -404,3 +490,22 @@ class Agent:
         self.metrics.windows.labels(kind).inc()
         for d in self.deliveries:
             d.submit(window)
+
+
+def _attempt(step) -> Exception | None:
+    """Runs one release step; its exception, returned rather than raised."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001 - the caller reports it
+        return e
+    return None
+
+
+def describe(e: BaseException) -> str:
+    """One log line's worth of an error: the message of the errors goprof expects, and
+    for anything else (a bug) its type and where it was raised, without a traceback."""
+    if isinstance(e, (SymbolizerError, EnvironmentProblem, MethodUnavailable, OSError)):
+        return str(e)
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
