@@ -149,3 +149,66 @@ def test_exec_into_a_program_that_is_not_go(execer, tmp_path):
             assert "not a Go program" in err, err
         prof = read_pprof(out)
         assert flat_shares(prof).get("main.preExecWork", 0) > 0 or kind == "mem"
+
+
+def _leaves(prof) -> set[str]:
+    strings = prof.string_table
+    funcs = {f.id: strings[f.name] for f in prof.function}
+    locs = {loc.id: loc for loc in prof.location}
+    return {funcs[locs[s.location_id[0]].line[0].function_id] for s in prof.sample
+            if s.location_id and locs[s.location_id[0]].line}
+
+
+def test_agent_profiles_a_process_that_execs_as_a_new_process(execer, tmp_path):
+    """The agent with --mem: the windows before the exec are the execer's (its labels,
+    its functions), those after are the new program's, with its labels, names from its
+    stripped binary, and allocation probes on it."""
+    from tests.parca_server import ParcaServer
+    from tests.test_agent import Agent
+
+    new = gobuild.build("allocsplit", "go1.27", "stripped")
+    target = subprocess.Popen([str(execer.path), "-wait", "-before", "2s", "--",
+                               str(new.path), "-duration", "3s"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wait_ready(target)
+    try:
+        with ParcaServer() as parca:
+            agent = Agent("--pid", str(target.pid), "--mem", "--parca", parca.url,
+                          "--insecure", "--spool-dir", str(tmp_path / "spool"))
+            try:
+                agent.wait_log("process picked up", pid=target.pid, exe=str(execer.path))
+                target.send_signal(signal.SIGUSR1)
+                agent.wait_log("process exec'd: profiled anew", pid=target.pid, timeout=30)
+                picked = agent.wait_log("process picked up", pid=target.pid,
+                                        exe=str(new.path), timeout=30)
+                target.wait(30)
+                agent.wait_log("process let go", pid=target.pid, exe=str(new.path),
+                               timeout=30)
+            finally:
+                assert agent.stop() == 0, "".join(agent.raw)
+            got = parca.received
+    finally:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+    assert picked["mem_method"] == "span"
+    by_image: dict[tuple[str, str], list] = {}
+    for r in got:
+        key = (r.labels["comm"], r.labels["__name__"])
+        by_image.setdefault(key, []).append(r)
+    before = by_image.get(("execer", "process_cpu"), [])
+    after = by_image.get(("allocsplit", "process_cpu"), [])
+    assert before and after, sorted(by_image)
+    assert {r.labels["executable"] for r in after} == {str(new.path)}
+    assert {r.labels["go_version"] for r in after} == {"go1.27.3"}
+    assert {r.labels["pid"] for r in before + after} == {str(target.pid)}
+    leaves_before = set().union(*(_leaves(r.profile) for r in before))
+    leaves_after = set().union(*(_leaves(r.profile) for r in after))
+    assert "main.preExecWork" in leaves_before, leaves_before
+    assert not any(n.startswith(PKG) for n in leaves_before), leaves_before
+    assert any(n.startswith(PKG) for n in leaves_after), leaves_after
+    assert "main.preExecWork" not in leaves_after, leaves_after
+    mem_after = by_image.get(("allocsplit", "memory"), [])
+    assert mem_after, sorted(by_image)
+    assert {PKG + s for s in ("Large", "Big")} <= set().union(
+        *(_leaves(r.profile) for r in mem_after))

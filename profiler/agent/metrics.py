@@ -42,6 +42,10 @@ class AgentMetrics:
         # An SRE's two questions: is the agent missing processes because they are gone
         # (normal where short-lived programs come and go: vanished), or because
         # something is wrong (failed: look at the log)?
+        self.execs = Counter("goprof_processes_exec", "Profiled processes that exec'd "
+                             "another program: from then on profiled as a new process (new "
+                             "labels and symbol tables), when the new program is one to "
+                             "profile", registry=r)
         self.vanished = Counter("goprof_processes_vanished", "Go processes that exited "
                                 "while being picked up, before they could be profiled "
                                 "(short-lived programs: normal, not an error)", registry=r)

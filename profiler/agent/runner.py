@@ -29,12 +29,12 @@ from goprof.agent.delivery import Delivery
 from goprof.agent.discovery import Candidate, Discovery, ProcessFilter, gone, start_ticks
 from goprof.agent.labels import process_labels
 from goprof.agent.metrics import AgentMetrics
-from goprof.build import ProfileBuilder
+from goprof.build import ImageKey, ProfileBuilder, image_key
 from goprof.cpu_recorder import CpuRecorder, RawSample
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import pprof
 from goprof.exporters.sink import WindowProfile
-from goprof.gotarget import GoProcess, MethodUnavailable, inspect
+from goprof.gotarget import MEM_PROFILE_RATE, GoProcess, MethodUnavailable, inspect
 from goprof.mem_build import AllocProfileBuilder, MethodChoice
 from goprof.mem_recorder import AllocSample, MemRecorder, Probe
 from goprof.mem_session import DEFAULT_SPAN_RATE
@@ -46,7 +46,7 @@ from goprof.symbolizer import (
     ProcessSymbolizer,
     SymbolizerError,
 )
-from goprof.target_writes import restore_stale
+from goprof.target_writes import held_by_goprof, restore_stale
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 
@@ -83,10 +83,16 @@ class Profiled:
     pidfd: int | None = None  # readable once the process exits (None: no pidfd here)
     maps_read: float = field(default_factory=time.monotonic)  # its maps last read
     failed: set[str] = field(default_factory=set)  # kinds counted and logged, once each
+    generation: int = 0  # the process's execs before this image (its samples carry it)
+    retired: bool = False  # the process exec'd another program: this image is over
 
     @property
     def pid(self) -> int:
         return self.candidate.target.pid
+
+    @property
+    def image(self) -> ImageKey:
+        return image_key(self.pid, self.generation)
 
 
 class Agent:
@@ -100,6 +106,10 @@ class Agent:
         self.discovery = Discovery(options.filter)
         self.cache = BinaryCache()
         self.profiled: dict[int, Profiled] = {}
+        # Images a process exec'd away from: let go after the window holding their
+        # last samples. Its pid's targets entries stay: they carry its new generation.
+        self.retired: list[Profiled] = []
+        self._exec_pending: dict[int, int] = {}  # pid -> generation, until picked up anew
         self.cpu: CpuRecorder | None = None
         self.memrec: MemRecorder | None = None
         self.kernel: KernelSymbolizer | None = None
@@ -130,7 +140,7 @@ class Agent:
         for rec in (self.cpu, self.memrec):
             if rec is not None:
                 rec.close()
-        for p in self.profiled.values():
+        for p in self._images():
             self._close_pidfd(p)
 
     def healthy(self) -> tuple[bool, str]:
@@ -178,6 +188,7 @@ class Agent:
 
     # -- processes ------------------------------------------------------------------
     def scan(self) -> None:
+        self._follow_execs()
         found = self.discovery.scan(
             {pid for pid, p in self.profiled.items() if not p.exited and p.pidfd is None})
         ended = {fd for fd, _ in self._exits.poll(0)}
@@ -194,6 +205,42 @@ class Agent:
             self.metrics.failed.labels("cpu").inc()
             self.log.warning("cannot examine a process; skipped", extra={"fields": {
                 "pid": pid, "exe": exe, "error": describe(e)}})
+        self._drop_unpicked_execs()
+
+    def _follow_execs(self) -> None:
+        """A profiled process that exec'd is a new process from then on, as a reused pid
+        is: its image so far is retired (let go after this window, which holds its
+        last samples), and discovery looks at the pid anew in this very scan, so the
+        new program gets its own labels, symbol tables and allocation probes."""
+        assert self.cpu is not None
+        events = self.cpu.take_execs()
+        if self.memrec is not None:
+            self.memrec.take_execs()  # the same execs, seen by the mem programs' map
+        for event in events:
+            p = self.profiled.get(event.pid)
+            if p is None or p.exited or event.generation <= p.generation:
+                continue
+            del self.profiled[event.pid]
+            p.retired = True
+            self.retired.append(p)
+            self._exec_pending[event.pid] = event.generation
+            self.discovery.forget(event.pid)
+            self.metrics.execs.inc()
+            self.log.info("process exec'd: profiled anew", extra={"fields": {
+                "pid": p.pid, "comm": p.candidate.target.comm, "old_exe": p.candidate.target.exe,
+                "generation": event.generation}})
+
+    def _drop_unpicked_execs(self) -> None:
+        """An exec'd process whose new program is not one to profile (not Go, filtered
+        out, gone, failed): its targets entries go, nothing more is counted for it."""
+        assert self.cpu is not None
+        for pid in self._exec_pending:
+            if pid in self.profiled:
+                continue
+            for rec in (self.cpu, self.memrec):
+                if rec is not None:
+                    _attempt(lambda rec=rec, pid=pid: rec.remove_target(pid))
+        self._exec_pending.clear()
 
     def _pick_up(self, c: Candidate) -> None:
         """A process that exits at any step of this (the normal case where short-lived
@@ -225,13 +272,16 @@ class Agent:
         """Everything a process needs to be profiled; what was set up is released if
         a later step raises (uprobes of one site and not the next, a targets entry)."""
         sym = ProcessSymbolizer(c.target.pid, self.cache)
-        p = Profiled(c, {}, sym)
+        # After an exec the targets entries exist and count generations: kept as they are.
+        generation = self._exec_pending.get(c.target.pid)
+        p = Profiled(c, {}, sym, generation=generation or 0)
         try:
             p.labels = process_labels(c, hostname=self.opts.hostname, node=self.opts.node,
                                       service_name=self.opts.service_name, pods=self.pods)
             p.pidfd = self._open_pidfd(c)
             assert self.cpu is not None
-            self.cpu.add_target(c.target.pid)
+            if generation is None:
+                self.cpu.add_target(c.target.pid)
             if self.memrec is not None:
                 self._start_mem(p)
         except BaseException:
@@ -249,6 +299,10 @@ class Agent:
             for note in restore_stale(p.pid, p.candidate.target.label):
                 self.log.warning(note, extra={"fields": {"pid": p.pid}})
             rate = proc.read_rate() or 0
+            if rate > 0 and held_by_goprof(p.pid, p.candidate.target.label, MEM_PROFILE_RATE):
+                # On for a `goprof mem --go-sampler` session only: it goes off when that
+                # session ends, and go-sampler would then see nothing.
+                rate = 0
             methods = ["go-sampler", "span"] if rate > 0 else ["span"]
             reasons = []
             for method in methods:
@@ -280,7 +334,7 @@ class Agent:
                                                   site.function), enable=True)
                     self._probe_fds[key] = (fd, 1)
                 p.probes.append(key)
-            self.memrec.add_target(p.pid, layout)
+            self.memrec.add_target(p.pid, layout, p.generation)
         except BaseException:
             # One site attached and not the next (the process exited meanwhile): the
             # first is let go now, not held for a method that is not running.
@@ -324,9 +378,11 @@ class Agent:
         """Releases what p holds (its pidfd, targets entries, uprobe references), each
         step whatever the others did, so one failing leaks nothing else; the errors."""
         assert self.cpu is not None
-        steps = [lambda: self._close_pidfd(p), lambda: self.cpu.remove_target(p.pid)]
-        if self.memrec is not None:
-            steps.append(lambda: self.memrec.remove_target(p.pid))
+        steps = [lambda: self._close_pidfd(p)]
+        if not p.retired:  # a retired image's pid now runs another program
+            steps.append(lambda: self.cpu.remove_target(p.pid))
+            if self.memrec is not None:
+                steps.append(lambda: self.memrec.remove_target(p.pid))
         errors = [e for e in map(_attempt, steps) if e is not None]
         errors += self._release_probes(p.probes)
         p.probes = []
@@ -351,14 +407,17 @@ class Agent:
         errors = self._release(p)
         if errors:
             self._failed(p, "let_go", "could not release all a process held", errors[0])
-        del self.profiled[p.pid]
-        self.discovery.forget(p.pid)  # a new process on that pid is looked at anew
+        if p.retired:
+            self.retired = [r for r in self.retired if r is not p]
+        else:
+            del self.profiled[p.pid]
+            self.discovery.forget(p.pid)  # a new process on that pid is looked at anew
         self.metrics.let_go.inc()
         self.log.info("process let go", extra={"fields": {
-            "pid": p.pid, "comm": p.candidate.target.comm}})
+            "pid": p.pid, "comm": p.candidate.target.comm, "exe": p.candidate.target.exe}})
 
     def _release_exited(self) -> None:
-        exited = [p for p in self.profiled.values() if p.exited]
+        exited = [p for p in self.profiled.values() if p.exited] + list(self.retired)
         for p in exited:
             self._let_go(p)
         if exited:
@@ -381,29 +440,33 @@ class Agent:
         start_ns, self._window_start_ns = self._window_start_ns, end_ns
         cpu_window = self.cpu.drain()
         mem_window = self.memrec.drain() if self.memrec is not None else None
-        cpu_by_pid: dict[int, list[RawSample]] = defaultdict(list)
+        cpu_by_image: dict[ImageKey, list[RawSample]] = defaultdict(list)
         for s in cpu_window.samples:
-            cpu_by_pid[s.pid].append(s)
+            cpu_by_image[image_key(s.pid, s.generation)].append(s)
         st = cpu_window.stats
         self.metrics.lost.labels("cpu").inc(st.lost)
         self.metrics.collisions.labels("cpu").inc(st.user_collisions + st.kernel_collisions)
         self.metrics.truncated.labels("cpu").inc(st.truncated)
-        for pid, samples in cpu_by_pid.items():
-            p = self.profiled.get(pid)
-            if p is not None:
-                try:
-                    self._cpu_profile(p, samples, start_ns, end_ns, st.lost)
-                except Exception as e:  # noqa: BLE001 - that process's window only
-                    self._window_failed(p, "cpu", e)
-        for p in self.profiled.values():
-            if p.pid not in cpu_by_pid:
+        for p in self._images():
+            samples = cpu_by_image.get(p.image)
+            if not samples:
                 self.metrics.empty_windows.labels("cpu").inc()
+                continue
+            try:
+                self._cpu_profile(p, samples, start_ns, end_ns, st.lost)
+            except Exception as e:  # noqa: BLE001 - that process's window only
+                self._window_failed(p, "cpu", e)
         if mem_window is not None:
             self._mem_profiles(mem_window, start_ns, end_ns)
         self._release_exited()
         self.last_window_mono = time.monotonic()
         self.metrics.last_window.set(time.time())
         self.metrics.window_build.observe(self.last_window_mono - built)
+
+    def _images(self) -> list[Profiled]:
+        """Every image this window may hold samples of: the profiled ones and those
+        retired by an exec during it."""
+        return [*self.profiled.values(), *self.retired]
 
     def _cpu_profile(self, p: Profiled, samples: list[RawSample], start_ns: int, end_ns: int,
                      lost: int) -> None:
@@ -412,7 +475,8 @@ class Agent:
         # address outside what is mapped (a library loaded since), and once a minute
         # in case something was mapped over an old range.
         now = time.monotonic()
-        if not p.exited and (now - p.maps_read >= MAPS_REREAD_S or not p.symbolizer.covers(
+        running = not (p.exited or p.retired)  # else its maps are gone or another's
+        if running and (now - p.maps_read >= MAPS_REREAD_S or not p.symbolizer.covers(
                 {a for s in samples for a in s.user})):
             p.maps_read = now
             try:
@@ -420,8 +484,8 @@ class Agent:
             except SymbolizerError:
                 pass
         assert self.cpu is not None
-        builder = ProfileBuilder({p.pid: p.symbolizer}, self.kernel,
-                                 {p.pid: p.candidate.target.comm})
+        builder = ProfileBuilder({p.image: p.symbolizer}, self.kernel,
+                                 {p.image: p.candidate.target.comm})
         comments = [f"goprof {__version__} agent cpu: {self.opts.frequency} Hz cpu-clock, "
                     f"window {self.opts.window_s:g} s, {p.candidate.target.label}",
                     f"host window: lost samples {lost}"]
@@ -439,21 +503,21 @@ class Agent:
         self.metrics.lost.labels("mem").inc(st.lost)
         self.metrics.collisions.labels("mem").inc(st.collisions)
         self.metrics.truncated.labels("mem").inc(st.truncated)
-        by_pid: dict[int, list[AllocSample]] = defaultdict(list)
+        by_image: dict[ImageKey, list[AllocSample]] = defaultdict(list)
         for s in window.samples:
-            by_pid[s.pid].append(s)
+            by_image[image_key(s.pid, s.generation)].append(s)
         # The kernel's exact span totals are per host, not per process: they can scale
         # the estimates only when one process used the span method.
-        span_pids = [p.pid for p in self.profiled.values() if p.mem and p.mem.method == "span"]
-        for p in self.profiled.values():
+        span_images = [p.image for p in self._images() if p.mem and p.mem.method == "span"]
+        for p in self._images():
             if p.mem is None:
                 continue
-            samples = by_pid.get(p.pid)
+            samples = by_image.get(p.image)
             if not samples:
                 self.metrics.empty_windows.labels("mem").inc()
                 continue
             try:
-                self._mem_profile(p, samples, st, start_ns, end_ns, span_pids == [p.pid])
+                self._mem_profile(p, samples, st, start_ns, end_ns, span_images == [p.image])
             except Exception as e:  # noqa: BLE001 - that process's window only
                 self._window_failed(p, "mem", e)
 
@@ -468,9 +532,9 @@ class Agent:
     def _mem_profile(self, p: Profiled, samples: list[AllocSample], st, start_ns: int,
                      end_ns: int, normalize_span: bool) -> None:
         assert p.mem is not None
-        builder = ProfileBuilder({p.pid: p.symbolizer}, None,
-                                 {p.pid: p.candidate.target.comm})
-        alloc = AllocProfileBuilder(builder, {p.pid: p.mem})
+        builder = ProfileBuilder({p.image: p.symbolizer}, None,
+                                 {p.image: p.candidate.target.comm})
+        alloc = AllocProfileBuilder(builder, {p.image: p.mem})
         comments = [f"goprof {__version__} agent mem: method {p.mem.method}, rate "
                     f"{p.mem.rate} bytes, window {self.opts.window_s:g} s, "
                     f"{p.candidate.target.label}"]
