@@ -210,6 +210,16 @@ class TargetWrites:
                 notes += self._drop_dead(records)
         return notes
 
+    def held(self, name: str) -> bool:
+        """Whether a live goprof holds its write of `name` (stale ones put back first):
+        the value in force is then a session's, gone when that session ends."""
+        notes: list[str] = []
+        with self._locked(notes, create=False) as records:
+            if records is None:
+                return False
+            self._drop_dead(records)
+            return name in records
+
     def reset(self, force: bool) -> tuple[list[str], dict[str, list[Proc]]]:
         """`goprof reset`: puts back every value goprof left on; values live goprof
         processes hold are put back only when forced, else returned (name -> holders)."""
@@ -362,3 +372,12 @@ def restore_stale(pid: int, label: str) -> list[str]:
         return TargetWrites(pid, label).restore_stale()
     except (EnvironmentProblem, OSError) as e:
         return [f"could not check goprof's earlier writes into {label}: {e}"]
+
+
+def held_by_goprof(pid: int, label: str, name: str) -> bool:
+    """Whether `name` in the process is on only because a running goprof turned it on
+    (the agent then does not build on it: it goes when that goprof ends); never raises."""
+    try:
+        return TargetWrites(pid, label).held(name)
+    except (EnvironmentProblem, OSError):
+        return False

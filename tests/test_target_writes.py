@@ -413,6 +413,31 @@ def test_the_agent_puts_back_what_a_killed_goprof_left(tmp_path, steady):
         stop(target)
 
 
+def test_the_agent_does_not_build_on_a_rate_a_running_goprof_turned_on(tmp_path, steady):
+    """The rate is on only for that session: go-sampler would see nothing once it ends,
+    so the agent takes span (and the session still puts the rate back)."""
+    target = start_target(steady)
+    goprof = agent = None
+    try:
+        goprof, lines = start_goprof(["mem", "--pid", str(target.pid), "-d", "60s",
+                                      "--go-sampler", "-o", str(tmp_path / "m.pb.gz")])
+        assert go_rate(target.pid) == 512 * 1024
+        agent = Agent("--pid", str(target.pid), "--mem", "--output-dir", str(tmp_path / "out"))
+        picked = agent.wait_log("process picked up", pid=target.pid)
+        assert picked["mem_method"] == "span", picked
+        assert agent.stop() == 0
+        goprof.send_signal(signal.SIGINT)
+        finish(goprof, lines)
+        assert go_rate(target.pid) == 0
+    finally:
+        if agent and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        for p in (goprof, target):
+            if p:
+                stop(p)
+
+
 def test_goprof_reset_puts_back_what_a_killed_one_left(tmp_path, steady):
     target = start_target(steady)
     try:
