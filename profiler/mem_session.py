@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goprof import __version__
-from goprof.build import ProfileBuilder
-from goprof.errors import EnvironmentProblem
+from goprof.build import ImageKey, ProfileBuilder, image_key
+from goprof.errors import EnvironmentProblem, GoprofError
 from goprof.exporters import Exporter
 from goprof.gotarget import (
     DEFAULT_GO_RATE,
@@ -28,10 +28,10 @@ from goprof.mem_build import AllocProfileBuilder, MethodChoice
 from goprof.mem_recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
 from goprof.report import print_counters, print_top
-from goprof.session import RecordingSession, snapshot_symbols, write_outputs
-from goprof.symbolizer import BinaryCache
+from goprof.session import Recorder, RecordingSession, write_outputs
 from goprof.target_writes import RuntimeVar, TargetWrites
 from goprof.targets import Target, check_privileges, target_for_pid
+from goprof.windows import ExecEvent
 from rich.console import Console
 from rich.markup import escape
 
@@ -75,7 +75,7 @@ class MemRunResult:
     profile: Profile
     stats: MemStats
     ended_by: str
-    methods: dict[int, MethodChoice]
+    methods: dict[ImageKey, MethodChoice]
     outputs: list[Path]
     targets: list[Target] = field(default_factory=list)
     exit_code: int = 0
@@ -86,43 +86,48 @@ class MemSession(RecordingSession):
         super().__init__(options.duration, options.command, options.outputs, console)
         self.opts = options
         self.writes: dict[int, TargetWrites] = {}  # pid -> goprof's writes into it
+        self.methods: dict[ImageKey, MethodChoice] = {}
+        self.attached: set[tuple[tuple[int, int], str]] = set()  # (binary, function) probed
+        self.recording = False  # probes attached from now on are enabled at once
+        self.generations: dict[int, int] = {}  # pid -> the image its offsets are for
+        self.image_notes: list[str] = []  # targets whose allocation profile ended at an exec
         self.holds: list[tuple[TargetWrites, RuntimeVar]] = []  # released when the run ends
 
     def run(self) -> MemRunResult:
         check_privileges()
-        cache = BinaryCache()
+        cache = self.images.cache
         targets = [target_for_pid(pid) for pid in self.opts.pids]
         gos = [inspect(t, cache) for t in targets]  # non-Go targets: a clear error first
         recorder = MemRecorder(self.opts.rate)
         recorder.open()
         old_handlers = self._install_signals()
-        methods: dict[int, MethodChoice] = {}
+        methods = self.methods
         try:
             if self.opts.command:
                 t = self._start_command()
                 targets.append(t)
                 gos.append(inspect(t, cache))
-            attached: set[tuple[tuple[int, int], str]] = set()
             for proc in gos:
-                methods[proc.target.pid] = self._prepare(proc, recorder, attached)
+                methods[proc.target.pid] = self._prepare(proc, recorder, self.attached)
             self._say_methods(gos, methods)
             start_ns = time.time_ns()
             recorder.start()
-            symbolizers = {t.pid: snapshot_symbols(t, cache, self.console) for t in targets}
+            self.recording = True
+            self.snapshot_targets(targets)
             stats = MemStats()
-            samples, ended_by, elapsed = self._record(recorder, targets, symbolizers, stats)
+            samples, ended_by, elapsed = self._record(recorder, targets, stats)
             bpf_stats = recorder.program_stats()
         finally:
             recorder.close()
             self._restore_rates()
             self._restore_signals(old_handlers)
             self._stop_child()  # also when the run failed: a started command is not left
-        comms = {t.pid: t.comm for t in targets}
-        builder = ProfileBuilder(symbolizers, None, comms)
+        builder = ProfileBuilder(self.images.symbolizers, None, self.images.comms)
         comments = [f"goprof {__version__} mem: targets {', '.join(t.label for t in targets)}"]
         comments += [f"{t.label}: method {methods[t.pid].method}: "
                      + DESCRIPTIONS[methods[t.pid].method].format(rate=methods[t.pid].rate)
                      for t in targets]
+        comments += self.exec_lines()
         comments.append(f"ended: {ended_by}")
         alloc = AllocProfileBuilder(builder, methods)
         profile = alloc.build(samples, stats, start_ns, int(elapsed * 1e9), comments)
@@ -139,8 +144,9 @@ class MemSession(RecordingSession):
         if self.opts.stats_path is not None:
             self._write_json(self.opts.stats_path, {
                 "ended_by": ended_by,
-                "methods": {str(pid): {"method": m.method, "rate": m.rate}
-                            for pid, m in methods.items()},
+                "methods": {_image_name(key): {"method": m.method, "rate": m.rate}
+                            for key, m in methods.items()},
+                "execs": self.exec_stats(),
                 **{k: getattr(stats, k) for k in stats.__dataclass_fields__},
                 "lost": stats.lost,
                 "deduplicated": alloc.deduplicated,
@@ -196,10 +202,35 @@ class MemSession(RecordingSession):
             key = (proc.inode, site.function)
             if key in attached:
                 continue  # one uprobe per binary file: it fires for every process using it
-            recorder.attach(Probe(proc.path, site.file_offset, site.program, site.function))
+            recorder.attach(Probe(proc.path, site.file_offset, site.program, site.function),
+                            enable=self.recording)
             attached.add(key)
-        recorder.add_target(pid, layout)
+        recorder.add_target(pid, layout, self.generations.get(pid, 0))
         return MethodChoice(method, rate)
+
+    def _on_new_image(self, event: ExecEvent, recorder: Recorder) -> None:
+        """A target exec'd: the new binary's probe sites and offsets, and a method for it
+        (the old probes are on the old file); the kernel side counts nothing for it
+        until then. A new image that is not Go, or where no method works, ends that
+        target's allocation profile, said in the summary."""
+        assert isinstance(recorder, MemRecorder)
+        pid = event.pid
+        if recorder.generation(pid) != event.generation:
+            return  # exec'd again meanwhile: the later exec's event comes next
+        try:
+            target = target_for_pid(pid)
+            proc = inspect(target, self.images.cache)
+            self.generations[pid] = event.generation
+            choice = self._prepare(proc, recorder, self.attached)
+        except GoprofError as e:
+            self.image_notes.append(f"pid {pid}: allocations after its exec are not "
+                                    f"profiled: {e}")
+            self.console.print(f"[yellow]note:[/] {escape(self.image_notes[-1])}",
+                               highlight=False)
+            return
+        self.methods[image_key(pid, event.generation)] = choice
+        self.console.print(f"goprof: {target.label} ({proc.go_version}) after its exec: method "
+                           f"{choice.method}", highlight=False)
 
     def _sampler_rate(self, proc: GoProcess) -> int:
         """The target's MemProfileRate; turned on first when asked (and put back later)."""
@@ -266,11 +297,19 @@ class MemSession(RecordingSession):
         stats = result.stats
         print_top(c, result.profile, result.profile.value_index(self.opts.weight),
                   empty="no allocations seen: the targets allocated nothing while recording")
-        rows = [("ended", result.ended_by)]
+        rows = [("ended", result.ended_by), *self.exec_rows()]
+        rows += [("note", note) for note in self.image_notes]
         for t in result.targets:
             m = result.methods[t.pid]
             rows.append((f"method ({t.label})",
                          f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
+        for key, m in result.methods.items():
+            if isinstance(key, tuple):
+                rows.append((f"method (pid {key[0]} after exec {key[1]})",
+                             f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
+        if stats.exec_pending:
+            rows.append(("before re-read", f"{stats.exec_pending} probe hits in a target "
+                                           "that exec'd, before goprof read its new image"))
         rows += [
             ("probe hits", f"{stats.hits} ({stats.morestack} skipped: stack growth restarts "
                            "the function)"),
@@ -288,3 +327,6 @@ class MemSession(RecordingSession):
         print_counters(c, rows)
 
 
+def _image_name(key: ImageKey) -> str:
+    """"4242" for a process's first image, "4242/1" for the one after its first exec."""
+    return str(key) if isinstance(key, int) else f"{key[0]}/{key[1]}"
