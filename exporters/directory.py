@@ -37,6 +37,17 @@ PRUNE_INTERVAL_S = 10.0
 DEFAULT_TEMPLATE = "{exe}-{pid}-{time}.{kind}.pb.gz"
 
 
+def sync_folder(folder: str | os.PathLike) -> None:
+    """fsync of a folder, so a name just renamed into it survives a crash (best effort:
+    some filesystems refuse to sync a folder)."""
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
 def is_profile_name(name: str) -> bool:
     return not name.startswith(TEMP_PREFIX) and name.endswith(PROFILE_SUFFIXES)
 
@@ -281,12 +292,7 @@ class DirectorySink:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        with contextlib.suppress(OSError):
-            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        sync_folder(folder)
         return final
 
     def _make_folders(self, folder: Path) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters import Exporter
+from goprof.exporters.directory import sync_folder
 from goprof.model import Profile
 
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
@@ -209,12 +210,7 @@ def _replace(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    sync_folder(folder)
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
