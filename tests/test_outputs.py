@@ -61,7 +61,8 @@ def goprof_lines(stderr: str) -> list[str]:
 @requires_root
 def test_a_character_device_is_written_not_replaced(tmp_path: Path, target) -> None:
     null = char_device(tmp_path / "null", 1, 3)
-    res = run_goprof("cpu", "-o", str(null), "--format", "pprof", *RUN, *target, check=True)
+    # No suffix and no --format: a device names no format, and gets pprof.
+    res = run_goprof("cpu", "-o", str(null), *RUN, *target, check=True)
     assert_char_device(null, 1, 3)
     assert f"wrote             {null} (pprof)" in res.stderr
     assert sorted(os.listdir(tmp_path)) == ["null"]  # no temporary file left beside it

@@ -59,7 +59,7 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
 
 def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
     """The file and its exporter: --format wins, else the file's suffix; `-` (standard
-    output) is pprof unless --format says otherwise, refused to a terminal. A FIFO, a
+    output), a FIFO or a character device without one is pprof, refused to a terminal. A FIFO, a
     character device or a symbolic link is checked now (goprof.output_files), not after
     the run."""
     output = Path(path)
@@ -79,6 +79,10 @@ def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
     if format_name:
         return output, get_exporter(format_name)
     found = exporter_for_path(path)
+    if found is None and "{" not in path and not output_files.resolve(output).replace:
+        # A FIFO or a character device (/dev/null, a pipe to a collector) names no
+        # format: pprof, as for standard output.
+        return output, get_exporter("pprof")
     if found is None:
         raise UsageError(f"cannot tell the format from {path!r}: use a suffix (.pb.gz, "
                          f".folded, .speedscope.json) or --format {'|'.join(FORMATS)}")
