@@ -5,13 +5,15 @@ real binaries (tests/gotables.py): flipped bits, overwritten words, truncation."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from goprof.symbolizer import SymbolizerError, golayout, load_binary
+from goprof.symbolizer import BinarySymbols, SymbolizerError, golayout, load_binary
 from goprof.symbolizer.gopclntab import Pclntab
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,7 +44,10 @@ def original() -> tuple[bytes, dict[str, tuple[int, int]], list[int]]:
     return data, ranges, pcs
 
 
-def exercise(data: bytes) -> None:
+@contextlib.contextmanager
+def loaded(data: bytes) -> Iterator[BinarySymbols | None]:
+    """The bytes as a binary file, loaded: None when loading refused them (with a
+    SymbolizerError, the only error allowed)."""
     fd, path = tempfile.mkstemp(prefix="goprof-fuzz-")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -50,6 +55,15 @@ def exercise(data: bytes) -> None:
         try:
             b = load_binary(path)
         except SymbolizerError:
+            b = None
+        yield b
+    finally:
+        os.unlink(path)
+
+
+def exercise(data: bytes) -> None:
+    with loaded(data) as b:
+        if b is None:
             return
         for pc in original()[2]:
             try:
@@ -57,8 +71,6 @@ def exercise(data: bytes) -> None:
                 b.frameless(pc)
             except SymbolizerError:
                 pass
-    finally:
-        os.unlink(path)
 
 
 @st.composite
@@ -142,13 +154,8 @@ def exercise_all(data: bytes) -> None:
     """Everything goprof reads from a binary: names, sp deltas, the function list,
     probe sites, runtime globals, struct layout. Only SymbolizerError may escape; a
     damaged function's names are text when they are given at all."""
-    fd, path = tempfile.mkstemp(prefix="goprof-fuzz-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            b = load_binary(path)
-        except SymbolizerError:
+    with loaded(data) as b:
+        if b is None:
             return
         for pc in original()[2][::4]:
             for fr in b.frames(pc):  # damage is confined: nothing raised
@@ -162,8 +169,6 @@ def exercise_all(data: bytes) -> None:
                 call()
             except SymbolizerError:
                 pass
-    finally:
-        os.unlink(path)
 
 
 @st.composite
