@@ -208,7 +208,7 @@ class MemSession(RecordingSession):
         recorder.add_target(pid, layout, self.generations.get(pid, 0))
         return MethodChoice(method, rate)
 
-    def _on_new_image(self, event: ExecEvent, recorder: Recorder) -> None:
+    def _on_new_image(self, event: ExecEvent, recorder: Recorder, said: bool) -> None:
         """A target exec'd: the new binary's probe sites and offsets, and a method for it
         (the old probes are on the old file); the kernel side counts nothing for it
         until then. A new image that is not Go, or where no method works, ends that
@@ -229,8 +229,9 @@ class MemSession(RecordingSession):
                                highlight=False)
             return
         self.methods[image_key(pid, event.generation)] = choice
-        self.console.print(f"goprof: {target.label} ({proc.go_version}) after its exec: method "
-                           f"{choice.method}", highlight=False)
+        if said:
+            self.console.print(f"goprof: {target.label} ({proc.go_version}) after its exec: "
+                               f"method {choice.method}", highlight=False)
 
     def _sampler_rate(self, proc: GoProcess) -> int:
         """The target's MemProfileRate; turned on first when asked (and put back later)."""
@@ -240,6 +241,8 @@ class MemSession(RecordingSession):
         # in force is goprof's: another session's write ends with that session otherwise.
         writes = self._writes_of(proc)
         var = RuntimeVar(MEM_PROFILE_RATE, proc.rate_address)
+        if (writes, var) in self.holds:  # held already (the same image, seen again)
+            return proc.read_rate() or 0
         hold = writes.hold(var, self.opts.rate, write=self.opts.go_sampler)
         self._notes(hold.notes)
         if hold.held:
@@ -303,8 +306,9 @@ class MemSession(RecordingSession):
             m = result.methods[t.pid]
             rows.append((f"method ({t.label})",
                          f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
+        execs = {(r.pid, r.generation) for r in self.images.records}
         for key, m in result.methods.items():
-            if isinstance(key, tuple):
+            if key in execs:
                 rows.append((f"method (pid {key[0]} after exec {key[1]})",
                              f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
         if stats.exec_pending:

@@ -194,11 +194,13 @@ class RecordingSession:
             record = self.images.on_exec(event, recorder.generation)
             if record is not None:
                 self.console.print(f"goprof: {record.describe()}", highlight=False)
-                self._on_new_image(event, recorder)
+            self._on_new_image(event, recorder, said=record is not None)
 
-    def _on_new_image(self, event: ExecEvent, recorder: Recorder) -> None:
+    def _on_new_image(self, event: ExecEvent, recorder: Recorder, said: bool) -> None:
         """What a profile kind does when a target starts another program (mem: its
-        probes and offsets are the new binary's)."""
+        probes and offsets are the new binary's). `said` is False for an exec that came
+        before the first tables were read (`-- CMD`'s own): the same program, but the
+        kernel side counts a new generation all the same."""
 
     def _record(self, recorder: Recorder, targets: list[Target], stats: Any
                 ) -> tuple[list, str, float]:
