@@ -204,21 +204,17 @@ class TargetWrites:
     def restore_stale(self) -> list[str]:
         """Puts back what goprof processes that are gone left on (before anything reads a
         rate to choose a method); says what it did."""
-        notes: list[str] = []
-        with self._locked(notes, create=False) as records:
-            if records is not None:
-                notes += self._drop_dead(records)
-        return notes
+        return self.settle()[0]
 
-    def held(self, name: str) -> bool:
-        """Whether a live goprof holds its write of `name` (stale ones put back first):
-        the value in force is then a session's, gone when that session ends."""
+    def settle(self) -> tuple[list[str], set[str]]:
+        """restore_stale(), and the names live goprof processes still hold: a value in
+        force because of one is a session's, gone when that session ends."""
         notes: list[str] = []
         with self._locked(notes, create=False) as records:
             if records is None:
-                return False
-            self._drop_dead(records)
-            return name in records
+                return notes, set()
+            notes += self._drop_dead(records)
+            return notes, set(records)
 
     def reset(self, force: bool) -> tuple[list[str], dict[str, list[Proc]]]:
         """`goprof reset`: puts back every value goprof left on; values live goprof
@@ -365,19 +361,11 @@ class TargetWrites:
             mem.write(address, value.to_bytes(8, "little", signed=True))
 
 
-def restore_stale(pid: int, label: str) -> list[str]:
-    """What goprof processes that are gone left on in a process, put back before a rate is
-    read to choose a method (goprof mem, the agent); never raises: a problem is a note."""
+def settle_writes(pid: int, label: str) -> tuple[list[str], set[str]]:
+    """TargetWrites.settle() for a process, before a rate is read to choose a method (the
+    agent): what dead goprofs left on is put back, and the names running goprofs hold
+    are returned. Never raises: a problem is a note."""
     try:
-        return TargetWrites(pid, label).restore_stale()
+        return TargetWrites(pid, label).settle()
     except (EnvironmentProblem, OSError) as e:
-        return [f"could not check goprof's earlier writes into {label}: {e}"]
-
-
-def held_by_goprof(pid: int, label: str, name: str) -> bool:
-    """Whether `name` in the process is on only because a running goprof turned it on
-    (the agent then does not build on it: it goes when that goprof ends); never raises."""
-    try:
-        return TargetWrites(pid, label).held(name)
-    except (EnvironmentProblem, OSError):
-        return False
+        return [f"could not check goprof's earlier writes into {label}: {e}"], set()

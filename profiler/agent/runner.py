@@ -46,7 +46,7 @@ from goprof.symbolizer import (
     ProcessSymbolizer,
     SymbolizerError,
 )
-from goprof.target_writes import held_by_goprof, restore_stale
+from goprof.target_writes import settle_writes
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 
@@ -296,10 +296,11 @@ class Agent:
         try:
             proc = inspect(p.candidate.target, self.cache)
             # A rate a killed goprof left on is not the program's: put back before choosing.
-            for note in restore_stale(p.pid, p.candidate.target.label):
+            notes, held = settle_writes(p.pid, p.candidate.target.label)
+            for note in notes:
                 self.log.warning(note, extra={"fields": {"pid": p.pid}})
             rate = proc.read_rate() or 0
-            if rate > 0 and held_by_goprof(p.pid, p.candidate.target.label, MEM_PROFILE_RATE):
+            if MEM_PROFILE_RATE in held:
                 # On for a `goprof mem --go-sampler` session only: it goes off when that
                 # session ends, and go-sampler would then see nothing.
                 rate = 0
