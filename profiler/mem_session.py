@@ -89,7 +89,6 @@ class MemSession(RecordingSession):
         self.methods: dict[ImageKey, MethodChoice] = {}
         self.attached: set[tuple[tuple[int, int], str]] = set()  # (binary, function) probed
         self.recording = False  # probes attached from now on are enabled at once
-        self.generations: dict[int, int] = {}  # pid -> the image its offsets are for
         self.image_notes: list[str] = []  # targets whose allocation profile ended at an exec
         self.holds: list[tuple[TargetWrites, RuntimeVar]] = []  # released when the run ends
 
@@ -108,7 +107,7 @@ class MemSession(RecordingSession):
                 targets.append(t)
                 gos.append(inspect(t, cache))
             for proc in gos:
-                methods[proc.target.pid] = self._prepare(proc, recorder, self.attached)
+                methods[proc.target.pid] = self._prepare(proc, recorder)
             self._say_methods(gos, methods)
             start_ns = time.time_ns()
             recorder.start()
@@ -124,9 +123,7 @@ class MemSession(RecordingSession):
             self._stop_child()  # also when the run failed: a started command is not left
         builder = ProfileBuilder(self.images.symbolizers, None, self.images.comms)
         comments = [f"goprof {__version__} mem: targets {', '.join(t.label for t in targets)}"]
-        comments += [f"{t.label}: method {methods[t.pid].method}: "
-                     + DESCRIPTIONS[methods[t.pid].method].format(rate=methods[t.pid].rate)
-                     for t in targets]
+        comments += [f"{t.label}: method {_describe(methods[t.pid])}" for t in targets]
         comments += self.exec_lines()
         comments.append(f"ended: {ended_by}")
         alloc = AllocProfileBuilder(builder, methods)
@@ -169,14 +166,16 @@ class MemSession(RecordingSession):
             return ["go-sampler", "span"]
         return ["span"]
 
-    def _prepare(self, proc: GoProcess, recorder: MemRecorder,
-                 attached: set[tuple[tuple[int, int], str]]) -> MethodChoice:
+    def _prepare(self, proc: GoProcess, recorder: MemRecorder, generation: int = 0
+                 ) -> MethodChoice:
+        """A method for the process (its image `generation`, after that many execs),
+        attached."""
         reasons = []
         # A rate a killed goprof left on is put back before the rate picks the method.
         self._writes_of(proc)
         for method in self._candidates(proc):
             try:
-                choice = self._try_method(proc, method, recorder, attached)
+                choice = self._try_method(proc, method, recorder, generation)
             except MethodUnavailable as e:
                 reasons.append(f"{method}: {e}")
                 if self.opts.method is None:
@@ -188,7 +187,7 @@ class MemSession(RecordingSession):
                                  f"({proc.go_version}): {'; '.join(reasons)}")
 
     def _try_method(self, proc: GoProcess, method: str, recorder: MemRecorder,
-                    attached: set[tuple[tuple[int, int], str]]) -> MethodChoice:
+                    generation: int) -> MethodChoice:
         pid = proc.target.pid
         layout = (0, 0)
         rate = 1
@@ -200,12 +199,12 @@ class MemSession(RecordingSession):
             rate = self._sampler_rate(proc)
         for site in sites:
             key = (proc.inode, site.function)
-            if key in attached:
+            if key in self.attached:
                 continue  # one uprobe per binary file: it fires for every process using it
             recorder.attach(Probe(proc.path, site.file_offset, site.program, site.function),
                             enable=self.recording)
-            attached.add(key)
-        recorder.add_target(pid, layout, self.generations.get(pid, 0))
+            self.attached.add(key)
+        recorder.add_target(pid, layout, generation)
         return MethodChoice(method, rate)
 
     def _on_new_image(self, event: ExecEvent, recorder: Recorder, said: bool) -> None:
@@ -220,8 +219,7 @@ class MemSession(RecordingSession):
         try:
             target = target_for_pid(pid)
             proc = inspect(target, self.images.cache)
-            self.generations[pid] = event.generation
-            choice = self._prepare(proc, recorder, self.attached)
+            choice = self._prepare(proc, recorder, event.generation)
         except GoprofError as e:
             self.image_notes.append(f"pid {pid}: allocations after its exec are not "
                                     f"profiled: {e}")
@@ -304,13 +302,11 @@ class MemSession(RecordingSession):
         rows += [("note", note) for note in self.image_notes]
         for t in result.targets:
             m = result.methods[t.pid]
-            rows.append((f"method ({t.label})",
-                         f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
+            rows.append((f"method ({t.label})", _describe(m)))
         execs = {(r.pid, r.generation) for r in self.images.records}
         for key, m in result.methods.items():
             if key in execs:
-                rows.append((f"method (pid {key[0]} after exec {key[1]})",
-                             f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)))
+                rows.append((f"method (pid {key[0]} after exec {key[1]})", _describe(m)))
         if stats.exec_pending:
             rows.append(("before re-read", f"{stats.exec_pending} probe hits in a target "
                                            "that exec'd, before goprof read its new image"))
@@ -334,3 +330,8 @@ class MemSession(RecordingSession):
 def _image_name(key: ImageKey) -> str:
     """"4242" for a process's first image, "4242/1" for the one after its first exec."""
     return str(key) if isinstance(key, int) else f"{key[0]}/{key[1]}"
+
+
+def _describe(m: MethodChoice) -> str:
+    """"span: span refills and ..." : a method and what it samples, as runs say it."""
+    return f"{m.method}: " + DESCRIPTIONS[m.method].format(rate=m.rate)
