@@ -52,7 +52,8 @@ def is_profile_name(name: str) -> bool:
     return not name.startswith(TEMP_PREFIX) and name.endswith(PROFILE_SUFFIXES)
 
 
-def _kind_of(st: os.stat_result) -> str:
+def file_kind(st: os.stat_result) -> str:
+    """"a FIFO", "a symbolic link", ...: what a name holds, for messages."""
     mode = st.st_mode
     for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -310,12 +311,12 @@ class DirectorySink:
             if not stat.S_ISDIR(st.st_mode):
                 self._in_the_way(here, st)
                 raise SinkRejected(f"profile directory {self.path}: {here.relative_to(self.path)}"
-                                   f" is {_kind_of(st)}, not a folder: not written through")
+                                   f" is {file_kind(st)}, not a folder: not written through")
 
     def _in_the_way(self, path: Path, st: os.stat_result) -> None:
         self.names_in_the_way += 1
         log.warning("profile directory %s: %s is %s: left alone", self.path,
-                    path.relative_to(self.path), _kind_of(st))
+                    path.relative_to(self.path), file_kind(st))
 
     def _place(self, tmp: str, target: Path) -> Path:
         """Gives the written file its name: `target`, or target-1, -2... when taken.

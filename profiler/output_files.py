@@ -32,7 +32,7 @@ from pathlib import Path
 
 from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters import Exporter
-from goprof.exporters.directory import sync_folder
+from goprof.exporters.directory import file_kind, sync_folder
 from goprof.model import Profile
 
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
@@ -82,10 +82,8 @@ def resolve(given: Path) -> Destination:
         return Destination(shown, final, True)
     if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
         return Destination(shown, final, False)
-    what = "a folder" if stat.S_ISDIR(mode) else "a block device" if stat.S_ISBLK(mode) \
-        else "a socket" if stat.S_ISSOCK(mode) else "not a file"
-    raise EnvironmentProblem(f"cannot write {shown}: it is {what}: give a file name, a FIFO, "
-                             "a character device or - (standard output)")
+    raise EnvironmentProblem(f"cannot write {shown}: it is {file_kind(st)}: give a file name, "
+                             "a FIFO, a character device or - (standard output)")
 
 
 def _follow_links(path: Path, shown: str) -> Path:
@@ -226,11 +224,11 @@ def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
     raise OSError(errno.EEXIST, "no free temporary file name")
 
 
-def check_output(path: str) -> None:
+def check_output(path: str) -> Destination:
     """Up front, before a run records for minutes: a destination that resolve() would
-    refuse is a usage error now."""
+    refuse is a usage error now; else how it will be written."""
     try:
-        resolve(Path(path))
+        return resolve(Path(path))
     except EnvironmentProblem as e:
         raise UsageError(str(e)) from None
 

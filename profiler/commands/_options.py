@@ -59,10 +59,11 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
 
 def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
     """The file and its exporter: --format wins, else the file's suffix; `-` (standard
-    output), a FIFO or a character device without one is pprof, refused to a terminal. A FIFO, a
-    character device or a symbolic link is checked now (goprof.output_files), not after
-    the run."""
+    output, refused to a terminal), a FIFO or a character device without one is pprof.
+    A FIFO, a character device or a symbolic link is checked now (goprof.output_files),
+    not after the run."""
     output = Path(path)
+    in_place = False  # a FIFO or a character device: written where it is
     if output_files.is_stdout(path):
         exporter = get_exporter(format_name or "pprof")
         output_files.check_stdout(exporter)
@@ -75,11 +76,11 @@ def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
         if "{" not in str(output.parent) and not output.parent.is_dir():
             raise UsageError(f"-o {path}: folder {output.parent} does not exist")
     else:
-        output_files.check_output(path)
+        in_place = not output_files.check_output(path).replace
     if format_name:
         return output, get_exporter(format_name)
     found = exporter_for_path(path)
-    if found is None and "{" not in path and not output_files.resolve(output).replace:
+    if found is None and in_place:
         # A FIFO or a character device (/dev/null, a pipe to a collector) names no
         # format: pprof, as for standard output.
         return output, get_exporter("pprof")
