@@ -78,17 +78,24 @@ def _no_program(pid: int, error: OSError) -> GoprofError:
 
 def _state_and_flags(pid: int) -> tuple[str | None, int]:
     """/proc/PID/stat's state (field 3) and flags (field 9); (None, 0) when it is gone."""
+    fields = _stat_after_comm(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[0].decode(), int(fields[6])
-    except (OSError, IndexError, ValueError):
+        return fields[0], int(fields[6])
+    except (TypeError, IndexError, ValueError):
         return None, 0
 
 
 def stat_fields(pid: int) -> list[str] | None:
     """/proc/PID/stat's fields after the command name (state first), or None when the
     process is gone or a zombie."""
+    fields = _stat_after_comm(pid)
+    if not fields or fields[0] in ("Z", "X"):
+        return None
+    return fields
+
+
+def _stat_after_comm(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name, zombies too; None when gone."""
     try:
         # os.open/os.read, not open(): the agent reads this for every profiled process
         # every second, and a text file object costs twice the syscalls' time.
@@ -97,12 +104,9 @@ def stat_fields(pid: int) -> list[str] | None:
             data = os.read(fd, 4096)
         finally:
             os.close(fd)
-        fields = data.rsplit(b")", 1)[1].decode().split()
+        return data.rsplit(b")", 1)[1].decode().split()
     except (OSError, IndexError, UnicodeDecodeError):
         return None
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return fields
 
 
 def alive(pid: int) -> bool:
