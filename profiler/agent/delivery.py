@@ -159,7 +159,7 @@ class Delivery:
         self._rejected = 0
         self._dropped = 0
         self._last_success: float | None = None
-        self._last_drop_log: dict[str, float] = {}
+        self._last_warned: dict[str, float] = {}
         # Drops not yet in a log line: how many, and the latest message per reason.
         self._drop_log_interval = drop_log_interval_s
         self._drops_unlogged = 0
@@ -637,9 +637,9 @@ class Delivery:
     def _warn_limited(self, reason: str, message: str) -> None:
         """Log at most once a minute per reason."""
         now = time.monotonic()
-        last = self._last_drop_log.get(reason)
+        last = self._last_warned.get(reason)
         if last is None or now - last >= _DROP_LOG_INTERVAL_S:
-            self._last_drop_log[reason] = now
+            self._last_warned[reason] = now
             self._log.warning("%s", message)
 
     def _pending_locked(self) -> int:
