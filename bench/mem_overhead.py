@@ -93,8 +93,8 @@ def profiled(binary: Path, workload: str, seconds: str, flags: list[str], goprof
 
 def under_refill_trap(binary: Path, workload: str, seconds: str) -> float:
     """The workload with the span method's refill uprobe on its binary, for no target."""
-    from goprof.mem_recorder import MemRecorder, Probe
-    from goprof.symbolizer.golayout import probe_site
+    from goprof.golang.layout import probe_site
+    from goprof.kinds.mem.recorder import MemRecorder, Probe
 
     site = probe_site(str(binary), "runtime.(*mcache).refill")
     assert site is not None

@@ -12,7 +12,7 @@ import pytest
 from goprof import cli
 from goprof.durations import parse_duration, parse_size
 from goprof.errors import EnvironmentProblem, UsageError
-from goprof.mem_session import EXACT_SLOWDOWN
+from goprof.kinds.mem.session import EXACT_SLOWDOWN
 from goprof.targets import target_for_pid
 
 from tests import gobuild

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from goprof.bpf.syscalls import loaded_programs
-from goprof.cpu_recorder import PROGRAM
+from goprof.kinds.cpu.recorder import PROGRAM
 
 from tests import gobuild
 from tests.conftest import requires_root

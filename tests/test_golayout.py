@@ -1,4 +1,4 @@
-"""Probe sites, runtime globals and struct offsets (symbolizer/golayout.py) against the Go
+"""Probe sites, runtime globals and struct offsets (profiler/golang/layout.py) against the Go
 toolchain's own view of real builds.
 
 Ground truth never comes from the code under test: `go tool nm` (addresses of the normal
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from goprof.symbolizer import SymbolizerError, UnsupportedGo, golayout, load_binary
+from goprof.golang import layout as golayout
+from goprof.symbolizer import SymbolizerError, UnsupportedGo, load_binary
 
 from tests import gobuild
 

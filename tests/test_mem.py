@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from goprof.golang.layout import global_address
 from goprof.symbolizer import load_binary
-from goprof.symbolizer.golayout import global_address
 
 from tests import gobuild
 from tests.conftest import ALL_BUILDS, requires_root

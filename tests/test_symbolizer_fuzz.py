@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from goprof.symbolizer import BinarySymbols, SymbolizerError, golayout, load_binary
+from goprof.golang import layout as golayout
+from goprof.symbolizer import BinarySymbols, SymbolizerError, load_binary
 from goprof.symbolizer.gopclntab import Pclntab
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from goprof.gotarget import inspect
+from goprof.golang.process import inspect
+from goprof.golang.writes import Proc, RuntimeVar, TargetWrites, image_of
 from goprof.symbolizer import BinaryCache
-from goprof.target_writes import Proc, RuntimeVar, TargetWrites, image_of
 from goprof.targets import target_for_pid
 
 from tests import gobuild
@@ -48,7 +48,7 @@ for line in sys.stdin:
 HOLDER = """
 import json, sys
 from pathlib import Path
-from goprof.target_writes import RuntimeVar, TargetWrites
+from goprof.golang.writes import RuntimeVar, TargetWrites
 pid, address, value, directory = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 w = TargetWrites(pid, "target", Path(directory))
 var = RuntimeVar("runtime.MemProfileRate", address)

@@ -29,16 +29,17 @@ from goprof.agent.delivery import Delivery
 from goprof.agent.discovery import Candidate, Discovery, ProcessFilter, gone, start_ticks
 from goprof.agent.labels import process_labels
 from goprof.agent.metrics import AgentMetrics
-from goprof.build import ImageKey, ProfileBuilder, image_key
-from goprof.cpu_recorder import CpuRecorder, RawSample
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import pprof
 from goprof.exporters.sink import WindowProfile
-from goprof.gotarget import MEM_PROFILE_RATE, GoProcess, MethodUnavailable, inspect
-from goprof.mem_build import AllocProfileBuilder, MethodChoice
-from goprof.mem_recorder import AllocSample, MemRecorder, Probe
-from goprof.mem_session import DEFAULT_SPAN_RATE
+from goprof.golang.process import MEM_PROFILE_RATE, GoProcess, MethodUnavailable, inspect
+from goprof.golang.writes import settle_writes
+from goprof.kinds.cpu.recorder import CpuRecorder, RawSample
+from goprof.kinds.mem.build import AllocProfileBuilder, MethodChoice
+from goprof.kinds.mem.recorder import AllocSample, MemRecorder, Probe
+from goprof.kinds.mem.session import DEFAULT_SPAN_RATE
 from goprof.model import Profile
+from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
 from goprof.symbolizer import (
     BinaryCache,
     KernelSymbolizer,
@@ -46,7 +47,6 @@ from goprof.symbolizer import (
     ProcessSymbolizer,
     SymbolizerError,
 )
-from goprof.target_writes import settle_writes
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
 

@@ -66,7 +66,7 @@ def _btf() -> str:
 
 
 def _compile_and_attach() -> str:
-    from goprof.cpu_recorder import CpuRecorder
+    from goprof.kinds.cpu.recorder import CpuRecorder
 
     started = time.monotonic()
     rec = CpuRecorder(frequency=99, want_kernel=True, window_s=1.0)
@@ -109,7 +109,7 @@ def _uprobe() -> str:
     """Loads the goprof mem programs (warming their cache) and attaches one to a uprobe
     on this Python's ELF entry point, which runs only at start-up: it never fires."""
     from goprof.bpf import syscalls
-    from goprof.mem_recorder import MemRecorder, Probe
+    from goprof.kinds.mem.recorder import MemRecorder, Probe
     from goprof.symbolizer.elffile import ElfImage
 
     t = Path("/sys/bus/event_source/devices/uprobe/type")

@@ -7,14 +7,14 @@ import argparse
 import time
 
 from goprof import __version__
-from goprof.build import ProfileBuilder
 from goprof.commands._options import outputs_from_args
 from goprof.errors import EnvironmentProblem
 from goprof.exporters import FORMATS
-from goprof.gotarget import MethodUnavailable, inspect
-from goprof.heap import build_heap, read_buckets
+from goprof.golang.process import MethodUnavailable, inspect
+from goprof.kinds.heap.read import build_heap, read_buckets
+from goprof.recording.builder import ProfileBuilder
+from goprof.recording.session import snapshot_symbols, write_outputs
 from goprof.report import print_counters, print_top
-from goprof.session import snapshot_symbols, write_outputs
 from goprof.symbolizer import BinaryCache, SymbolizerError
 from goprof.targets import check_privileges, target_for_pid
 from rich.console import Console

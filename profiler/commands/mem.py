@@ -13,8 +13,8 @@ from goprof.commands._options import (
 )
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
-from goprof.gotarget import DEFAULT_GO_RATE, METHODS
-from goprof.mem_session import MemOptions, MemSession
+from goprof.golang.process import DEFAULT_GO_RATE, METHODS
+from goprof.kinds.mem.session import MemOptions, MemSession
 from rich.console import Console
 
 WEIGHTS = {"bytes": "alloc_space", "objects": "alloc_objects"}

@@ -7,7 +7,7 @@ import argparse
 import os
 
 from goprof.errors import EnvironmentProblem
-from goprof.target_writes import TargetWrites, state_dir
+from goprof.golang.writes import TargetWrites, state_dir
 from goprof.targets import target_for_pid
 from rich.console import Console
 from rich.markup import escape

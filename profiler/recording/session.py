@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from goprof import __version__, output_files
-from goprof.build import ProfileBuilder
-from goprof.cpu_recorder import CpuRecorder, Stats
 from goprof.errors import EnvironmentProblem
-from goprof.execs import ImageTracker
 from goprof.exporters import Exporter
 from goprof.exporters.sink import render_template
+from goprof.kinds.cpu.recorder import CpuRecorder, Stats
 from goprof.model import Profile
+from goprof.recording.builder import ProfileBuilder
+from goprof.recording.execs import ImageTracker
+from goprof.recording.windows import ExecEvent
 from goprof.report import print_counters, print_top
 from goprof.symbolizer import (
     BinaryCache,
@@ -37,7 +38,6 @@ from goprof.symbolizer import (
     SymbolizerError,
 )
 from goprof.targets import Target, alive, check_privileges, target_for_pid
-from goprof.windows import ExecEvent
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text

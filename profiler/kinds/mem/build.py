@@ -18,9 +18,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from goprof.build import ImageKey, ProfileBuilder, image_key
-from goprof.mem_recorder import AllocSample, MemStats
+from goprof.kinds.mem.recorder import AllocSample, MemStats
 from goprof.model import Location, Profile, Sample, ValueType
+from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
 
 ALLOC_SAMPLE_TYPES = [ValueType("alloc_objects", "count"), ValueType("alloc_space", "bytes")]
 MEM_PERIOD_TYPE = ValueType("space", "bytes")

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from goprof.build import ImageKey, image_key
+from goprof.recording.builder import ImageKey, image_key
+from goprof.recording.windows import ExecEvent
 from goprof.symbolizer import BinaryCache, ProcessGone, ProcessSymbolizer, SymbolizerError
 from goprof.targets import Target, read_comm
-from goprof.windows import ExecEvent
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """A target's Go runtime, seen from outside: its binary, where it is loaded, its
-heap sampler's rate (read through /proc/PID/mem; goprof.target_writes writes it), and
+heap sampler's rate (read through /proc/PID/mem; goprof.golang.writes writes it), and
 the uprobe sites and struct offsets each allocation method needs."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import os
 from dataclasses import dataclass, field
 
 from goprof.errors import EnvironmentProblem
-from goprof.symbolizer import BinaryCache, BinarySymbols, SymbolizerError
-from goprof.symbolizer.golayout import (
+from goprof.golang.layout import (
     RuntimeLayout,
     global_address,
     probe_site,
     runtime_layout,
     size_specialized_mallocs,
 )
+from goprof.symbolizer import BinaryCache, BinarySymbols, SymbolizerError
 from goprof.symbolizer.process import parse_maps
 from goprof.targets import Target
 
@@ -60,7 +60,7 @@ class GoProcess:
         with ProcessMemory(self.target.pid, self.target.label) as mem:
             return int.from_bytes(mem.read(self.rate_address, 8), "little", signed=True)
 
-    # Written only through goprof.target_writes, which shares and records goprof's writes
+    # Written only through goprof.golang.writes, which shares and records goprof's writes
     # (`runtime.MemProfileRate = rate` as the program would: each P picks it up at its next
     # sampled allocation, or at once when it was off).
 
@@ -70,7 +70,7 @@ class GoProcess:
         wanted = dict(METHOD_PROBES[method])
         if method == "exact":
             # Go 1.27 calls size-specialized malloc functions directly for small objects;
-            # mallocgc's own calls to them are not counted twice (goprof.mem_build).
+            # mallocgc's own calls to them are not counted twice (goprof.kinds.mem.build).
             try:
                 specialized = size_specialized_mallocs(self.binary)
             except SymbolizerError as e:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from goprof.build import ProfileBuilder
 from goprof.errors import EnvironmentProblem
-from goprof.gotarget import GoProcess, MethodUnavailable, ProcessMemory
-from goprof.mem_build import MEM_PERIOD_TYPE, go_scale, trim_runtime
+from goprof.golang.layout import global_address
+from goprof.golang.process import GoProcess, MethodUnavailable, ProcessMemory
+from goprof.kinds.mem.build import MEM_PERIOD_TYPE, go_scale, trim_runtime
 from goprof.model import Location, Profile, Sample, ValueType
-from goprof.symbolizer.golayout import global_address
+from goprof.recording.builder import ProfileBuilder
 
 HEAP_SAMPLE_TYPES = [ValueType("alloc_objects", "count"), ValueType("alloc_space", "bytes"),
                      ValueType("inuse_objects", "count"), ValueType("inuse_space", "bytes")]

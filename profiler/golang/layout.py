@@ -29,13 +29,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from elftools.elf.elffile import ELFFile
-
-from .binary import BinarySymbols, load_binary
-from .elffile import SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, ElfImage
-from .elfsyms import STT_FUNC, STT_GNU_IFUNC, SYM, read_symbols
-from .errors import SymbolizerError, UnsupportedGo, guarded
-from .goruntime import go_minor
-from .names import valid_name
+from goprof.symbolizer.binary import BinarySymbols, load_binary
+from goprof.symbolizer.elffile import SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, ElfImage
+from goprof.symbolizer.elfsyms import STT_FUNC, STT_GNU_IFUNC, SYM, read_symbols
+from goprof.symbolizer.errors import SymbolizerError, UnsupportedGo, guarded
+from goprof.symbolizer.goruntime import go_minor
+from goprof.symbolizer.names import valid_name
 
 BinaryLike = str | os.PathLike | BinarySymbols
 MAX_SYMBOL_NAME = 1 << 16

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from goprof.cpu_recorder import RawSample
+from goprof.kinds.cpu.recorder import RawSample
 from goprof.model import Location, Profile, Sample, ValueType
 from goprof.symbolizer import KernelSymbolizer, ProcessSymbolizer
 

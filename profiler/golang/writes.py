@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goprof.errors import EnvironmentProblem
-from goprof.gotarget import ProcessMemory
+from goprof.golang.process import ProcessMemory
 from goprof.targets import stat_fields
 
 STATE_DIR = Path("/run/goprof/writes")

@@ -14,24 +14,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goprof import __version__
-from goprof.build import ImageKey, ProfileBuilder, image_key
 from goprof.errors import EnvironmentProblem, GoprofError
 from goprof.exporters import Exporter
-from goprof.gotarget import (
+from goprof.golang.process import (
     DEFAULT_GO_RATE,
     MEM_PROFILE_RATE,
     GoProcess,
     MethodUnavailable,
     inspect,
 )
-from goprof.mem_build import AllocProfileBuilder, MethodChoice
-from goprof.mem_recorder import MemRecorder, MemStats, Probe
+from goprof.golang.writes import RuntimeVar, TargetWrites
+from goprof.kinds.mem.build import AllocProfileBuilder, MethodChoice
+from goprof.kinds.mem.recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
+from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
+from goprof.recording.session import Recorder, RecordingSession, write_outputs
+from goprof.recording.windows import ExecEvent
 from goprof.report import print_counters, print_top
-from goprof.session import Recorder, RecordingSession, write_outputs
-from goprof.target_writes import RuntimeVar, TargetWrites
 from goprof.targets import Target, check_privileges, target_for_pid
-from goprof.windows import ExecEvent
 from rich.console import Console
 from rich.markup import escape
 

@@ -2,7 +2,7 @@
 
 Loads bpf/cpu.c (from the compile cache), opens a cpu-clock perf event on every
 CPU with the program attached, and drains counted samples window by window
-(goprof.windows). Closing the file descriptors (or our death) detaches it all.
+(goprof.recording.windows). Closing the file descriptors (or our death) detaches it all.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.windows import Counters, WindowedMaps
+from goprof.recording.windows import Counters, WindowedMaps
 
 SOURCE = "cpu.c"
 PROGRAM = "on_cpu_sample"

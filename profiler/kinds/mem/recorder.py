@@ -3,7 +3,7 @@
 Loads bpf/mem.c (from the compile cache), puts uprobes on the runtime functions
 of the chosen method (one perf event per probe, for every process using the
 binary: the program keeps only target pids), and drains counted allocations
-window by window (goprof.windows).
+window by window (goprof.recording.windows).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.windows import Counters, WindowedMaps
+from goprof.recording.windows import Counters, WindowedMaps
 
 SOURCE = "mem.c"
 PROGRAMS = ["on_sampled_alloc", "on_malloc", "on_refill", "on_alloc_large"]
@@ -41,7 +41,7 @@ SPAN_STATE = struct.Struct("<qQQQ")  # until_sample, bytes, objects, events (per
 
 # Map sizes: distinct (stack, size) keys one window can hold; a STACK_TRACE map
 # gets more buckets than stacks because colliding stacks are dropped (counted).
-UPROBE_FLIP_GRACE_S = 0.05  # see goprof.windows
+UPROBE_FLIP_GRACE_S = 0.05  # see goprof.recording.windows
 COUNTS_SIZE = 16384
 STACKS_SIZE = 16384
 

@@ -1,0 +1,1 @@
+"""CPU profiles: perf_event cpu-clock samples, stacks counted in the kernel."""

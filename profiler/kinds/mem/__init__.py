@@ -1,0 +1,1 @@
+"""Allocation profiles: uprobes on the Go allocator, by method (go-sampler, span, exact)."""
