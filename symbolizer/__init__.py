@@ -5,7 +5,7 @@ kernel."""
 from .binary import BinarySymbols, load_binary
 from .cache import BinaryCache
 from .errors import ProcessGone, SymbolizerError, UnsupportedGo
-from .kernel import KERNEL_MAPPING, KernelSymbolizer
+from .kernel import KERNEL_MAPPING, KernelSymbolizer, load_kernel_symbolizer
 from .process import ProcessSymbolizer
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "BinaryCache",
     "BinarySymbols",
     "KernelSymbolizer",
+    "load_kernel_symbolizer",
     "ProcessGone",
     "ProcessSymbolizer",
     "SymbolizerError",

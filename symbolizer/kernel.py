@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 
 from goprof.model import Frame, Location, Mapping
 
@@ -59,3 +60,13 @@ class KernelSymbolizer:
                 self._cache.clear()
             self._cache[addr] = loc
         return loc
+
+
+def load_kernel_symbolizer(note: Callable[[str], None]) -> KernelSymbolizer | None:
+    """kallsyms for a run that keeps kernel frames; when it cannot be read, the frames stay
+    unnamed (their addresses kept) and `note` is told why, once."""
+    try:
+        return KernelSymbolizer()
+    except SymbolizerError as e:
+        note(f"kernel frames stay unnamed: {e}")
+        return None

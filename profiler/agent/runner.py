@@ -46,6 +46,7 @@ from goprof.symbolizer import (
     ProcessGone,
     ProcessSymbolizer,
     SymbolizerError,
+    load_kernel_symbolizer,
 )
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
@@ -131,10 +132,7 @@ class Agent:
             self.memrec = MemRecorder(self.opts.mem_rate, max_targets=self.opts.max_targets)
             self.memrec.open()
         if self.opts.kernel:
-            try:
-                self.kernel = KernelSymbolizer()
-            except SymbolizerError as e:
-                self.log.warning(f"kernel frames stay unnamed: {e}")
+            self.kernel = load_kernel_symbolizer(self.log.warning)
 
     def close(self) -> None:
         for rec in (self.cpu, self.memrec):

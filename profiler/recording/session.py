@@ -36,6 +36,7 @@ from goprof.symbolizer import (
     ProcessGone,
     ProcessSymbolizer,
     SymbolizerError,
+    load_kernel_symbolizer,
 )
 from goprof.targets import Target, alive, check_privileges, target_for_pid
 from rich.console import Console
@@ -382,11 +383,8 @@ class CpuSession(RecordingSession):
     def _kernel_symbolizer(self) -> KernelSymbolizer | None:
         if not self.opts.kernel:
             return None
-        try:
-            return KernelSymbolizer()
-        except SymbolizerError as e:
-            self.console.print(f"[yellow]note:[/] kernel frames stay unnamed: {e}")
-            return None
+        return load_kernel_symbolizer(
+            lambda text: self.console.print(f"[yellow]note:[/] {text}"))
 
     def _print_summary(self, result: RunResult, builder: ProfileBuilder) -> None:
         c = self.console
