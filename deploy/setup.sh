@@ -5,7 +5,8 @@
 #     linux-headers-amd64, linked at /lib/modules/$(uname -r)/{build,source}
 #     (never replacing headers the system already has there)
 #   - a virtualenv (.venv, --system-site-packages so it sees Debian's bcc) with goprof
-#     and its dev extras, and /usr/local/bin/goprof
+#     and its dev extras, and /usr/local/bin/goprof: a launcher (deploy/launcher.sh) that
+#     runs it, and tells users who cannot read this checkout that goprof needs root
 #   - the compiled BPF program cache (goprof doctor compiles and loads it once)
 # With --test: also what the tests need: Go 1.27.3 (module proxy), Chromium and the
 # speedscope app (npm) for the browser test.
@@ -67,7 +68,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dev]"
   touch "$STAMP"
 fi
-ln -sfn "$VENV/bin/goprof" /usr/local/bin/goprof
+bash deploy/launcher.sh "$VENV/bin/goprof" /usr/local/bin/goprof
 
 if [ $WANT_TEST = 1 ]; then
   command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || {

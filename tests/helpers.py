@@ -14,11 +14,35 @@ from pathlib import Path
 from goprof.exporters.proto import profile_pb2
 
 REPO = Path(__file__).resolve().parent.parent
+LAUNCHER_WRITER = REPO / "deploy" / "launcher.sh"
+NOBODY = 65534
 
 
 def goprof_command() -> list[str]:
     exe = Path(sys.executable).parent / "goprof"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "goprof.cli"]
+
+
+def write_launcher(goprof: Path, dest: Path) -> Path:
+    """What `make setup` installs as /usr/local/bin/goprof (deploy/launcher.sh), at dest."""
+    subprocess.run(["bash", str(LAUNCHER_WRITER), str(goprof), str(dest)], check=True,
+                   capture_output=True, text=True, timeout=30)
+    return dest
+
+
+def as_nobody(*argv: str, read_code: bool = False) -> list[str]:
+    """argv run as user nobody, without root's capabilities.
+
+    read_code keeps one capability, CAP_DAC_READ_SEARCH (ambient, and the only one in
+    the bounding set): goprof's Python then runs even from a checkout other users cannot
+    read (a clone under /root, 0700), while the process is still not root to goprof (no
+    CAP_BPF or CAP_PERFMON: tests/test_cli_errors.py checks that) and still has no ptrace
+    access to other users' processes (/proc/PID/exe, maps: refused just the same)."""
+    who = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if read_code:
+        keep = "-all,+dac_read_search"
+        who += [f"--inh-caps={keep}", f"--ambient-caps={keep}", f"--bounding-set={keep}"]
+    return [*who, *argv]
 
 
 def run_goprof(*args: str, timeout: float = 120, env: dict | None = None,

@@ -6,7 +6,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from goprof import cli
@@ -17,7 +19,7 @@ from goprof.targets import target_for_pid
 
 from tests import gobuild
 from tests.conftest import requires_root
-from tests.helpers import REPO, goprof_command, run_goprof
+from tests.helpers import NOBODY, REPO, as_nobody, goprof_command, run_goprof, write_launcher
 
 
 def _one_clear_line(res: subprocess.CompletedProcess, *words: str) -> None:
@@ -100,9 +102,8 @@ def test_a_live_process_whose_exe_is_refused_is_not_called_a_kernel_thread():
     owner = subprocess.Popen(["sleep", "60"])  # root's
     try:
         res = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-             "-c", "from goprof import targets; "
-                   f"targets.target_for_pid({owner.pid})"],
+            as_nobody(sys.executable, "-c", "from goprof import targets; "
+                      f"targets.target_for_pid({owner.pid})", read_code=True),
             capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/tmp"})
     finally:
         owner.kill()
@@ -114,18 +115,117 @@ def test_a_live_process_whose_exe_is_refused_is_not_called_a_kernel_thread():
     assert "kernel thread" not in err and "zombie" not in err, err
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_nobody_who_may_read_the_code_is_still_not_root():
+    """as_nobody(read_code=True), which the tests use to run goprof's Python from a
+    checkout other users cannot read, changes nothing goprof checks: its privilege check
+    says "not root", and another user's /proc/PID/exe and maps stay refused, as for
+    nobody without any capability."""
+    res = subprocess.run(
+        as_nobody(sys.executable, "-c", "from goprof.targets import check_privileges; "
+                  "check_privileges()", read_code=True),
+        capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/tmp"})
+    assert res.returncode == 1 and "goprof.errors.EnvironmentProblem: " in res.stderr \
+        and "run it as root" in res.stderr, res.stderr
+    owner = subprocess.Popen(["sleep", "60"])  # root's
+    try:
+        script = (f"readlink -v /proc/{owner.pid}/exe; echo exe=$?; "
+                  f"head -c1 /proc/{owner.pid}/maps; echo maps=$?")
+        outs = [subprocess.run(as_nobody("sh", "-c", script, read_code=read_code),
+                               capture_output=True, text=True, timeout=60)
+                for read_code in (False, True)]
+    finally:
+        owner.kill()
+        owner.wait()
+    for out in outs:
+        assert "exe=1" in out.stdout and "maps=1" in out.stdout, out
+        assert out.stderr.count("Permission denied") == 2, out.stderr
+
+
 @requires_root
 def test_missing_command():
     _one_clear_line(run_goprof("cpu", "-d", "1s", "--", "/no/such/program"), "cannot start")
 
 
+@pytest.fixture
+def open_dir():
+    """A folder everyone may enter (pytest's tmp_path is under a 0700 folder of root's)."""
+    with tempfile.TemporaryDirectory(prefix="goprof-test-") as d:
+        os.chmod(d, 0o755)
+        yield Path(d)
+
+
+def _nobody_runs(argv: list[str], read_code: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(as_nobody(*argv, read_code=read_code), capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "HOME": "/tmp"})
+
+
+def _not_root_line() -> str:
+    """goprof's own line for a user without root (goprof.targets.check_privileges)."""
+    from unittest import mock
+
+    from goprof import targets
+
+    with mock.patch.object(os, "geteuid", return_value=NOBODY), \
+            mock.patch.object(targets, "_effective_caps", return_value=0), \
+            pytest.raises(EnvironmentProblem) as e:
+        targets.check_privileges()
+    return f"goprof: {e.value}"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
-def test_not_root():
-    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          *goprof_command(), "cpu", "--pid", "1", "-d", "1s"],
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "HOME": "/tmp"})
+def test_not_root(open_dir):
+    """What users run: the launcher `make setup` installs as /usr/local/bin/goprof, for
+    this checkout (whose code nobody may or may not be able to read: a clone under /root
+    is not readable)."""
+    goprof = Path(goprof_command()[0])
+    assert goprof.name == "goprof", "no .venv/bin/goprof: run `sudo make setup`"
+    launcher = write_launcher(goprof, open_dir / "goprof")
+    _one_clear_line(_nobody_runs([str(launcher), "cpu", "--pid", "1", "-d", "1s"]),
+                    "run it as root", "CAP_BPF")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_not_root_goprof_itself():
+    """goprof's own check, run from this checkout wherever it is (read_code)."""
+    _one_clear_line(_nobody_runs([*goprof_command(), "cpu", "--pid", "1", "-d", "1s"],
+                                 read_code=True), "run it as root", "CAP_BPF")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_launcher_for_a_checkout_others_cannot_read(open_dir):
+    """The launcher pointed at this checkout through a folder only root may enter (as a
+    clone under /root is): nobody gets goprof's own not-root line and exit code 2, not
+    Python's "can't open file"; nobody with goprof's capabilities is told the code is
+    unreadable; root, and nobody allowed to read it, run goprof itself."""
+    closed = open_dir / "closed"
+    closed.mkdir(mode=0o700)
+    (closed / "checkout").symlink_to(REPO)
+    goprof = closed / "checkout" / Path(goprof_command()[0]).relative_to(REPO)
+    launcher = write_launcher(goprof, open_dir / "goprof")
+    assert launcher.stat().st_mode & 0o777 == 0o755
+
+    res = _nobody_runs([str(launcher), "cpu", "--pid", "1", "-d", "1s"])
     _one_clear_line(res, "run it as root", "CAP_BPF")
+    assert res.stderr.strip() == _not_root_line() and not res.stdout, res.stderr
+    res = _nobody_runs([str(launcher), "--version"])
+    assert res.returncode == 2 and res.stderr.strip() == _not_root_line(), res.stderr
+
+    caps = "-all,+bpf,+perfmon"
+    res = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         f"--inh-caps={caps}", f"--ambient-caps={caps}", str(launcher), "--version"],
+        capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and f"cannot read {goprof}" in res.stderr, res.stderr
+
+    for argv in ([str(launcher), "--version"],
+                 as_nobody(str(launcher), "--version", read_code=True)):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "HOME": "/tmp"})
+        assert res.returncode == 0 and res.stdout.startswith("goprof "), res
+    # ...and passes goprof's own refusal through
+    _one_clear_line(_nobody_runs([str(launcher), "reset", "--pid", "1"], read_code=True),
+                    "goprof reset writes into the process's memory")
 
 
 @requires_root
