@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goprof.exporters.sink import (
+    Sink,
     SinkError,
     SinkRejected,
     WindowProfile,
@@ -219,7 +220,9 @@ def _remove_empty_folders(root: Path, folders: set[str]) -> None:
             here = os.path.dirname(here)
 
 
-class DirectorySink:
+class DirectorySink(Sink):
+    """One file per window: send_many is the default loop (not all or nothing)."""
+
     name = "dir"
 
     def __init__(self, path: Path, template: str = DEFAULT_TEMPLATE, *, host: str,

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import grpc
 from goprof.exporters.proto import parca_profilestore_pb2 as pb
 from goprof.exporters.proto import parca_profilestore_pb2_grpc as pb_grpc
-from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 
 DEFAULT_PORT = 7070  # Parca serves gRPC and HTTP on one port
 MAX_MESSAGE = 64 * 1024 * 1024  # Parca's own limit: a bigger window could never land
@@ -134,8 +134,9 @@ def _credentials(wants_tls: bool | None, insecure: bool, ca_file: str | None,
     return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
-class ParcaSink:
+class ParcaSink(Sink):
     name = "parca"
+    atomic_send_many = True  # one WriteRaw for all the windows: it lands or fails whole
 
     def __init__(self, url: str, *, insecure: bool = False, token: str | None = None,
                  ca_file: str | None = None, timeout_s: float = 10.0) -> None:

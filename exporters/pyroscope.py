@@ -26,7 +26,7 @@ import re
 from urllib.parse import urlsplit
 
 import requests
-from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 
 # Statuses that mean "this upload will never be accepted": drop the window.
 REJECTED = frozenset({400, 404, 405, 413, 415, 422})
@@ -78,7 +78,9 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-class PyroscopeSink:
+class PyroscopeSink(Sink):
+    """One POST per window: send_many is the default loop (not all or nothing)."""
+
     name = "pyroscope"
 
     def __init__(self, url: str, *, user: str | None = None, password: str | None = None,

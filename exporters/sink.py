@@ -11,8 +11,8 @@ import json
 import re
 import struct
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Protocol
 
 KINDS = ("cpu", "mem")
 _HEADER = struct.Struct("<I")  # length of the JSON header that precedes the pprof bytes
@@ -61,17 +61,29 @@ class WindowProfile:
             raise ValueError(f"not a window record: {e}") from None
 
 
-class Sink(Protocol):
-    """A destination. send() raises SinkError (try again later) or SinkRejected (never).
+class Sink(ABC):
+    """A destination, which every sink (Parca, Pyroscope, a directory, the agent's
+    TimedSink wrapper) subclasses. send() raises SinkError (try again later) or
+    SinkRejected (never).
 
-    A sink that can take several windows in one request also has
-    `send_many(windows: list[WindowProfile]) -> None`, all or nothing, raising the same
-    way; delivery then sends a round of windows in a few requests (Parca does)."""
+    send_many() sends several windows, raising the same way. By default it is one
+    send() each, which is not all or nothing: the first windows may land before a
+    later one fails. A sink whose send_many is one request that lands or fails whole
+    (Parca's WriteRaw) overrides it and sets `atomic_send_many`: delivery sends a
+    round of windows in a few such requests only to those, because a failed batch is
+    retried whole, which for a looping send_many would send its first windows twice."""
 
     name: str  # "parca", "pyroscope", "dir": metrics and logs use it
+    atomic_send_many: bool = False  # send_many is one all-or-nothing request
 
+    @abstractmethod
     def send(self, window: WindowProfile) -> None: ...
 
+    def send_many(self, windows: list[WindowProfile]) -> None:
+        for window in windows:
+            self.send(window)
+
+    @abstractmethod
     def close(self) -> None: ...
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from goprof.agent.delivery import Delivery
-from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
+from goprof.agent.metrics import TimedSink
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 
 from tests.conftest import requires_root
 
@@ -25,7 +27,7 @@ FAST = {"retry_initial_s": 0.005, "retry_max_s": 0.02}
 LOGGER = "goprof.agent.delivery"
 
 
-class FakeSink:
+class FakeSink(Sink):
     name = "fake"
 
     def __init__(self) -> None:
@@ -48,6 +50,8 @@ class FakeSink:
 
 class BatchSink(FakeSink):
     """Takes several windows per call, all or nothing, as Parca's WriteRaw does."""
+
+    atomic_send_many = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -410,6 +414,24 @@ def test_a_refused_batch_is_resent_one_by_one_and_only_the_bad_window_dropped(tm
     s = d.stats()
     assert (s.delivered, s.rejected, s.dropped) == (9, 1, 0)
 
+
+
+def test_timed_sink_batches_exactly_as_the_sink_it_wraps(tmp_path):
+    registry = CollectorRegistry()
+    latency = Histogram("latency", "", ["sink"], registry=registry)
+    batch, plain = BatchSink(), FakeSink()
+    assert TimedSink(batch, latency).atomic_send_many
+    assert not TimedSink(plain, latency).atomic_send_many
+    TimedSink(plain, latency).send_many([win(1), win(2)])  # the default: send() each
+    assert plain.got == [1, 2]
+    d = Delivery(TimedSink(batch, latency), spool_dir=tmp_path, **FAST)
+    for i in range(1, 71):
+        d.submit(win(i))
+    d.start()
+    assert d.wait_idle(5)
+    d.close()
+    assert [len(c) for c in batch.calls] == [64, 6]
+    assert registry.get_sample_value("latency_count", {"sink": "fake"}) == 2 + 70
 
 # -- a random schedule of submits, outages and restarts --------------------------
 

@@ -76,7 +76,7 @@ from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 _FILE = re.compile(r"^(\d{20})\.window$")
 _TMP_SUFFIX = ".window.tmp"
 _DROP_LOG_INTERVAL_S = 60.0
-# One request's worth, for sinks with send_many: a round of windows from a host of
+# One request's worth, for sinks whose send_many is atomic: a round of windows from a host of
 # processes in a few calls, each well under gRPC's message limits.
 BATCH_WINDOWS = 64
 BATCH_BYTES = 4 << 20
@@ -143,9 +143,11 @@ class Delivery:
         self._spool: list[_Spooled] = []  # sorted by seq
         self._spool_total = 0
         self._inflight: list[_Queued] = []  # taken from memory, being sent
-        # Sinks that take several windows in one request (Parca's WriteRaw) get runs
-        # of memory's windows: one call per round of windows, not one per process.
-        self._batches = callable(getattr(sink, "send_many", None))
+        # Sinks that take several windows in one all-or-nothing request (Parca's
+        # WriteRaw) get runs of memory's windows: one call per round of windows, not
+        # one per process. Others get one window a send: a failed send is retried
+        # whole, so a batch that half landed would be sent twice.
+        self._batches = sink.atomic_send_many
         self._unbatched = 0  # sends to make one window at a time (after a refusal)
         self._thread: threading.Thread | None = None
         self._closing = False  # close() called: deliver until the deadline while up

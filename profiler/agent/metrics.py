@@ -15,6 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from goprof.agent.delivery import Delivery
 from goprof.errors import UsageError
+from goprof.exporters.sink import Sink, WindowProfile
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -164,21 +165,24 @@ def serve(metrics: AgentMetrics, address: str, healthy: Callable[[], tuple[bool,
     return server, server.server_address[1]
 
 
-class TimedSink:
-    """A sink that observes each delivered window's latency (window end -> delivered)."""
+class TimedSink(Sink):
+    """A sink that observes each delivered window's latency (window end -> delivered),
+    sending through `sink` and batching exactly as it does."""
 
-    def __init__(self, sink, histogram: Histogram) -> None:
+    def __init__(self, sink: Sink, histogram: Histogram) -> None:
         self.sink = sink
         self.name = sink.name
+        self.atomic_send_many = sink.atomic_send_many
         self._observe = histogram.labels(sink.name).observe
-        if callable(getattr(sink, "send_many", None)):
-            self.send_many = self._send_many  # batches only for sinks that take them
 
-    def send(self, window) -> None:
+    def send(self, window: WindowProfile) -> None:
         self.sink.send(window)
         self._observe(max(time.time_ns() - window.end_ns, 0) / 1e9)
 
-    def _send_many(self, windows: list) -> None:
+    def send_many(self, windows: list[WindowProfile]) -> None:
+        if not self.atomic_send_many:
+            super().send_many(windows)  # one send() each, each observed as it lands
+            return
         self.sink.send_many(windows)
         now = time.time_ns()
         for window in windows:
