@@ -93,7 +93,7 @@ def profiled(binary: Path, workload: str, seconds: str, flags: list[str], goprof
 
 def under_refill_trap(binary: Path, workload: str, seconds: str) -> float:
     """The workload with the span method's refill uprobe on its binary, for no target."""
-    from goprof.golang.layout import probe_site
+    from goprof.golang.probes import probe_site
     from goprof.kinds.mem.recorder import MemRecorder, Probe
 
     site = probe_site(str(binary), "runtime.(*mcache).refill")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The module, not its names: goprof.golang.buildinfo imports this package in turn (see
+# its docstring), and a module bound while partially initialised still works here.
+from goprof.golang import buildinfo
 from goprof.model import Frame
 
 from .elffile import SHT_NOBITS, ElfImage, Segment
 from .elfsyms import SymbolTable, read_symbols
 from .errors import DATA_ERRORS, SymbolizerError
 from .gopclntab import MAGIC_GO118, MAGIC_GO120, Pclntab
-from .goruntime import ModuleData, find_moduledata, go_minor, go_version_checked
+from .moduledata import ModuleData, find_moduledata
 from .notes import build_ids
 
 PCLNTAB_SECTIONS = (".gopclntab", ".data.rel.ro.gopclntab")  # the latter: PIE, Go < 1.26
@@ -127,11 +130,11 @@ def load_image(img: ElfImage, ids: tuple[str, str] | None = None) -> BinarySymbo
 
 def _load(img: ElfImage, ids: tuple[str, str] | None = None) -> BinarySymbols:
     gnu, go = ids if ids is not None else build_ids(img)
-    version, version_error = go_version_checked(img)
+    version, version_error = buildinfo.go_version_checked(img)
     b = BinarySymbols(img.path, gnu_build_id=gnu, go_build_id=go,
                       build_id=binary_build_id(gnu, go), go_version=version,
                       build_info_error=version_error, segments=list(img.segments))
-    minor = go_minor(b.go_version)
+    minor = buildinfo.go_minor(b.go_version)
     syms: dict[str, int] | None = None
 
     def symbol(name: str) -> int | None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from goprof.golang.layout import global_address
+from goprof.golang.globals import global_address
 from goprof.symbolizer import load_binary
 
 from tests import gobuild

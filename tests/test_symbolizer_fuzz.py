@@ -1,6 +1,6 @@
 """Corrupt input: mutated bytes of a real Go ELF file and of its pclntab must raise
 SymbolizerError or load, and then resolve or raise SymbolizerError; nothing else.
-test_mutated_table aims at each table the symbolizer and golayout parse, located in
+test_mutated_table aims at each table the symbolizer and goprof.golang parse, located in
 real binaries (tests/gotables.py): flipped bits, overwritten words, truncation."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from goprof.golang import layout as golayout
+from goprof.golang.functions import function_entries
+from goprof.golang.globals import global_address
+from goprof.golang.layouts import runtime_layout
+from goprof.golang.probes import probe_site
 from goprof.symbolizer import BinarySymbols, SymbolizerError, load_binary
 from goprof.symbolizer.gopclntab import Pclntab
 from hypothesis import HealthCheck, given, settings
@@ -162,10 +165,10 @@ def exercise_all(data: bytes) -> None:
             for fr in b.frames(pc):  # damage is confined: nothing raised
                 assert fr.function.isprintable() and fr.file.isprintable(), fr
             b.frameless(pc)
-        for call in (lambda: golayout.function_entries(b),
-                     lambda: golayout.probe_site(b, "runtime.(*mcache).refill"),
-                     lambda: golayout.global_address(b, "runtime.MemProfileRate"),
-                     lambda: golayout.runtime_layout(b)):
+        for call in (lambda: function_entries(b),
+                     lambda: probe_site(b, "runtime.(*mcache).refill"),
+                     lambda: global_address(b, "runtime.MemProfileRate"),
+                     lambda: runtime_layout(b)):
             try:
                 call()
             except SymbolizerError:

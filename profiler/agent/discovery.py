@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 from goprof.agent.kube import CgroupInfo, cgroup_of
+from goprof.golang.buildinfo import go_version
 from goprof.symbolizer import SymbolizerError
 from goprof.symbolizer.elffile import ElfImage
-from goprof.symbolizer.goruntime import go_version
 from goprof.symbolizer.notes import build_ids
 from goprof.targets import Target, read_comm, stat_fields
 

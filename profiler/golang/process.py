@@ -8,13 +8,10 @@ import os
 from dataclasses import dataclass, field
 
 from goprof.errors import EnvironmentProblem
-from goprof.golang.layout import (
-    RuntimeLayout,
-    global_address,
-    probe_site,
-    runtime_layout,
-    size_specialized_mallocs,
-)
+from goprof.golang.functions import size_specialized_mallocs
+from goprof.golang.globals import global_address
+from goprof.golang.layouts import RuntimeLayout, runtime_layout
+from goprof.golang.probes import probe_site
 from goprof.symbolizer import BinaryCache, BinarySymbols, SymbolizerError
 from goprof.symbolizer.process import parse_maps
 from goprof.targets import Target

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from goprof.errors import EnvironmentProblem
-from goprof.golang.layout import global_address
+from goprof.golang.globals import global_address
 from goprof.golang.process import GoProcess, MethodUnavailable, ProcessMemory
 from goprof.kinds.mem.build import MEM_PERIOD_TYPE, go_scale, trim_runtime
 from goprof.model import Location, Profile, Sample, ValueType

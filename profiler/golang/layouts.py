@@ -1,0 +1,273 @@
+"""Where the runtime keeps the fields goprof reads: struct offsets from the binary's
+DWARF, else from a table per Go minor version (binaries built with -ldflags=-w).
+
+The table is data: per Go minor version, (struct, field) -> Slot(offset, size). Reading
+one more runtime field means one more row in each version's table (and a property of
+RuntimeLayout for the readers); tests/test_golang_layouts.py checks every row against
+the DWARF of the toolchains the tests build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from goprof.golang.buildinfo import go_minor
+from goprof.golang.dwarf import read_structs
+from goprof.golang.functions import BinaryLike, as_binary
+from goprof.symbolizer.errors import SymbolizerError, UnsupportedGo, guarded
+
+Field = tuple[str, str]  # (struct type, member); member WHOLE: the struct itself
+
+
+class Slot(NamedTuple):
+    offset: int  # bytes from the start of the struct
+    size: int | None  # bytes; None where goprof's readers assume no size
+
+
+# The field of a row that is about the struct itself: Slot(0, the struct's size).
+WHOLE = ""
+MCACHE, MSPAN = "runtime.mcache", "runtime.mspan"
+BUCKET, RECORD = "runtime.bucket", "runtime.memRecordCycle"
+
+# From the DWARF of real builds (GO-PROFILING-NOTES.md). A size given for a member is one
+# goprof's readers assume: DWARF that says another is an error (never a silently wrong
+# read), except for the memRecordCycle's members, which are read as a whole (all of them,
+# whatever they are: Go 1.27 dropped the byte counters).
+# mcache.alloc: [numSpanClasses]*mspan, indexed by spanClass. mspan.nelems: uintptr up to
+# Go 1.21, uint16 from 1.22. bucket: the header (next, allnext, typ, hash, size, nstk);
+# the stack (nstk words) and the memRecord follow it.
+OFFSETS_BY_MINOR: dict[int, Mapping[Field, Slot]] = {
+    19: {
+        (MCACHE, "alloc"): Slot(40, None),
+        (MSPAN, "nelems"): Slot(56, 8),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    20: {
+        (MCACHE, "alloc"): Slot(40, None),
+        (MSPAN, "nelems"): Slot(56, 8),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    21: {
+        (MCACHE, "alloc"): Slot(40, None),
+        (MSPAN, "nelems"): Slot(56, 8),
+        (MSPAN, "allocCount"): Slot(104, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(110, 2),
+        (MSPAN, "elemsize"): Slot(112, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    22: {
+        (MCACHE, "alloc"): Slot(40, None),
+        (MSPAN, "nelems"): Slot(50, 2),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    23: {
+        (MCACHE, "alloc"): Slot(40, None),
+        (MSPAN, "nelems"): Slot(50, 2),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    24: {
+        (MCACHE, "alloc"): Slot(48, None),
+        (MSPAN, "nelems"): Slot(50, 2),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    25: {
+        (MCACHE, "alloc"): Slot(48, None),
+        (MSPAN, "nelems"): Slot(50, 2),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    26: {
+        (MCACHE, "alloc"): Slot(48, None),
+        (MSPAN, "nelems"): Slot(50, 2),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 32),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+        (RECORD, "alloc_bytes"): Slot(16, 8),
+        (RECORD, "free_bytes"): Slot(24, 8),
+    },
+    27: {
+        (MCACHE, "alloc"): Slot(48, None),
+        (MSPAN, "nelems"): Slot(50, 2),
+        (MSPAN, "allocCount"): Slot(96, 2),
+        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
+        (MSPAN, "elemsize"): Slot(104, 8),
+        (BUCKET, WHOLE): Slot(0, 48),
+        (RECORD, WHOLE): Slot(0, 16),
+        (RECORD, "allocs"): Slot(0, 8),
+        (RECORD, "frees"): Slot(8, 8),
+    },
+}
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """Offsets (bytes) of the runtime fields goprof reads, for one binary."""
+
+    go_version: str | None
+    mcache_alloc: int  # [numSpanClasses]*mspan, indexed by spanClass
+    mspan_nelems: int
+    mspan_nelems_size: int  # 8 (uintptr) up to Go 1.21, 2 (uint16) from 1.22
+    mspan_alloc_count: int  # uint16
+    mspan_alloc_count_before_cache: int  # uint16
+    mspan_elemsize: int  # uintptr
+    bucket_size: int  # the bucket header; the stack (nstk words) and the record follow
+    mem_record_cycle_size: int
+    mem_record_cycle_fields: tuple[str, ...]  # uintptr fields, in order
+    source: str  # "dwarf" or "table"
+
+
+def supported_minors() -> tuple[int, int]:
+    """The Go minor versions the built-in table covers (binaries without DWARF)."""
+    return min(OFFSETS_BY_MINOR), max(OFFSETS_BY_MINOR)
+
+
+@guarded
+def runtime_layout(binary: BinaryLike, *, path: str | None = None) -> RuntimeLayout:
+    """The runtime's struct offsets: from DWARF when the binary has it, else from the
+    table of the binary's Go version. Raises UnsupportedGo for a binary without DWARF
+    whose version the table does not cover, SymbolizerError for a non-Go file."""
+    b = as_binary(binary)
+    path = path or b.path
+    if b.pclntab is None and b.go_version is None:
+        raise SymbolizerError(f"{path}: not a Go program (no pclntab, no Go build info)")
+    rows = _dwarf_rows(path)
+    if rows is not None:
+        return _layout(b.go_version, rows, "dwarf")
+    return table_layout(b.go_version, path)
+
+
+def table_layout(go_version: str | None, path: str = "") -> RuntimeLayout:
+    """The built-in layout of a Go version ("go1.26.3"); UnsupportedGo outside 1.19-1.27."""
+    minor = go_minor(go_version)
+    rows = OFFSETS_BY_MINOR.get(minor) if minor is not None else None
+    if rows is None:
+        lo, hi = supported_minors()
+        where = f"{path}: " if path else ""
+        raise UnsupportedGo(
+            f"{where}Go version {go_version or 'unknown'} has no built-in runtime layout "
+            f"(known: Go 1.{lo} to 1.{hi}) and the binary has no DWARF to read it from; "
+            f"build it without -ldflags=-w, or use a supported Go version")
+    return _layout(go_version, rows, "table")
+
+
+def _layout(go_version: str | None, rows: Mapping[Field, Slot], source: str) -> RuntimeLayout:
+    def size(key: Field) -> int:
+        got = rows[key].size
+        if got is None:
+            raise SymbolizerError(f"no size for {key[0]}.{key[1] or '(struct)'}")
+        return got
+
+    return RuntimeLayout(
+        go_version,
+        mcache_alloc=rows[(MCACHE, "alloc")].offset,
+        mspan_nelems=rows[(MSPAN, "nelems")].offset,
+        mspan_nelems_size=size((MSPAN, "nelems")),
+        mspan_alloc_count=rows[(MSPAN, "allocCount")].offset,
+        mspan_alloc_count_before_cache=rows[(MSPAN, "allocCountBeforeCache")].offset,
+        mspan_elemsize=rows[(MSPAN, "elemsize")].offset,
+        bucket_size=size((BUCKET, WHOLE)),
+        mem_record_cycle_size=size((RECORD, WHOLE)),
+        mem_record_cycle_fields=tuple(m for s, m in rows if s == RECORD and m != WHOLE),
+        source=source)
+
+
+# -- DWARF: the rows of the table, read from the binary --------------------------------------
+
+def table_fields() -> dict[Field, frozenset[int]]:
+    """Every (struct, field) of the table, in the table's order, with the sizes its rows
+    give (empty: none assumed)."""
+    out: dict[Field, frozenset[int]] = {}
+    for rows in OFFSETS_BY_MINOR.values():
+        for key, slot in rows.items():
+            sizes = out.get(key, frozenset())
+            out[key] = sizes | {slot.size} if slot.size is not None else sizes
+    return out
+
+
+def _dwarf_rows(path: str) -> dict[Field, Slot] | None:
+    """The table's rows as this binary's DWARF gives them; None when the file has no
+    DWARF or it lacks one of the structs. A field that every version has must be there,
+    with one of the sizes the table gives it; the memRecordCycle's members are all of
+    its members, whatever they are."""
+    fields = table_fields()
+    everywhere = set.intersection(*(set(rows) for rows in OFFSETS_BY_MINOR.values()))
+    names = {s for s, _ in fields}
+    structs = read_structs(path, names)
+    if structs is None or set(structs) != names:
+        return None
+    rows: dict[Field, Slot] = {}
+    for (sname, member), sizes in fields.items():
+        s = structs[sname]
+        if member == WHOLE:
+            rows[(sname, member)] = Slot(0, s.size)
+        elif sname != RECORD:
+            got = s.members.get(member)
+            if got is None:
+                if (sname, member) in everywhere:
+                    raise SymbolizerError(f"{path}: DWARF {sname} has no member {member}")
+                continue
+            if sizes and got[1] not in sizes:
+                raise SymbolizerError(f"{path}: DWARF {sname}.{member} is {got[1]} bytes, "
+                                      f"goprof reads {' or '.join(map(str, sorted(sizes)))}")
+            rows[(sname, member)] = Slot(*got)
+    record = structs[RECORD]
+    rows.update({(RECORD, m): Slot(*record.members[m]) for m in record.order})
+    return rows
