@@ -19,7 +19,8 @@ from goprof.model import Profile
 
 class Exporter(Protocol):
     name: str  # "pprof" | "folded" | "speedscope"
-    suffixes: tuple[str, ...]  # file name endings that select this format
+    suffix: str  # the file name ending goprof gives this format (default names)
+    suffixes: tuple[str, ...]  # file name endings that select this format, suffix first
 
     def write(self, profile: Profile, out: BinaryIO, *, sample_type: str | None = None) -> None:
         ...
@@ -58,4 +59,25 @@ def exporter_for_path(path: str) -> Exporter | None:
     return None
 
 
-__all__ = ["FORMATS", "Exporter", "exporter_for_path", "get_exporter"]
+def written_suffixes() -> tuple[str, ...]:
+    """The suffix goprof writes for each format, in FORMATS order (for messages)."""
+    return tuple(get_exporter(name).suffix for name in FORMATS)
+
+
+def profile_suffixes() -> tuple[str, ...]:
+    """The endings of the profile files goprof writes, which retention (`goprof prune`,
+    the directory sink's --retain) may remove: each format's suffix, and for a gzipped
+    one the name gunzip leaves (x.cpu.pb.gz -> x.cpu.pb: still goprof's profile).
+    Longest first. The other endings a format accepts on -o (.pprof, .txt, .json, ...)
+    are common enough that a folder may hold such files that are not goprof's: those
+    are never removed."""
+    found: set[str] = set()
+    for suffix in written_suffixes():
+        found.add(suffix)
+        if suffix.endswith(".gz"):
+            found.add(suffix.removesuffix(".gz"))
+    return tuple(sorted(found, key=lambda s: (-len(s), s)))
+
+
+__all__ = ["FORMATS", "Exporter", "exporter_for_path", "get_exporter", "profile_suffixes",
+           "written_suffixes"]

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goprof.exporters import get_exporter, profile_suffixes
 from goprof.exporters.sink import (
     Sink,
     SinkError,
@@ -30,12 +31,13 @@ from goprof.exporters.sink import (
 
 log = logging.getLogger(__name__)
 
-# What goprof writes; prune never looks at anything else.
-PROFILE_SUFFIXES = (".speedscope.json", ".pb.gz", ".folded", ".pb")
+# What goprof writes (see profile_suffixes); prune never looks at anything else.
+PROFILE_SUFFIXES = profile_suffixes()
 TEMP_PREFIX = ".goprof-tmp-"
 STALE_TEMP_S = 3600.0
 PRUNE_INTERVAL_S = 10.0
-DEFAULT_TEMPLATE = "{exe}-{pid}-{time}.{kind}.pb.gz"
+# The sink writes the agent's windows as they come: gzipped pprof.
+DEFAULT_TEMPLATE = "{exe}-{pid}-{time}.{kind}" + get_exporter("pprof").suffix
 
 
 def sync_folder(folder: str | os.PathLike) -> None:

@@ -59,7 +59,8 @@ def fold(profile: Profile, sample_type: str | None = None) -> dict[str, int]:
 
 class FoldedExporter:
     name = "folded"
-    suffixes = (".folded", ".collapsed", ".txt")
+    suffix = ".folded"
+    suffixes = (suffix, ".collapsed", ".txt")
 
     def write(self, profile: Profile, out: BinaryIO, *, sample_type: str | None = None) -> None:
         """Weighs by `sample_type`; by default the profile's default_sample_type, else the

@@ -148,7 +148,8 @@ def to_proto(profile: Profile, sample_type: str | None = None) -> pb.Profile:
 
 class PprofExporter:
     name = "pprof"
-    suffixes = (".pb.gz", ".pprof", ".pb")
+    suffix = ".pb.gz"  # gzipped, as runtime/pprof writes it
+    suffixes = (suffix, ".pprof", ".pb")
 
     def write(self, profile: Profile, out: BinaryIO, *, sample_type: str | None = None) -> None:
         """Writes every value. `sample_type`, when given, becomes the file's

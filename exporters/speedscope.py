@@ -125,7 +125,8 @@ def to_speedscope(profile: Profile, sample_type: str | None = None) -> dict[str,
 
 class SpeedscopeExporter:
     name = "speedscope"
-    suffixes = (".speedscope.json", ".json")
+    suffix = ".speedscope.json"
+    suffixes = (suffix, ".json")
 
     def write(self, profile: Profile, out: BinaryIO, *, sample_type: str | None = None) -> None:
         """Weighs by `sample_type`; by default the profile's default_sample_type, else the

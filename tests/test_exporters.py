@@ -12,7 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from goprof.exporters import FORMATS, exporter_for_path, get_exporter
+from goprof.exporters import (
+    FORMATS,
+    exporter_for_path,
+    get_exporter,
+    profile_suffixes,
+    written_suffixes,
+)
 from goprof.exporters.proto import profile_pb2 as pb
 from goprof.exporters.speedscope import SCHEMA
 from goprof.model import Frame, Location, Mapping, Profile, Sample, ValueType
@@ -137,6 +143,16 @@ def test_registry_names_and_suffixes() -> None:
         assert exporter is not None and exporter.name == name, path
     assert exporter_for_path("cpu.svg") is None
     assert exporter_for_path("cpu.gz") is None
+
+
+def test_each_format_names_the_suffix_it_writes_and_retention_knows_them() -> None:
+    assert written_suffixes() == (".pb.gz", ".folded", ".speedscope.json")
+    for name in FORMATS:
+        exporter = get_exporter(name)
+        assert exporter.suffixes[0] == exporter.suffix
+        assert exporter_for_path("x" + exporter.suffix) is exporter
+    # What gunzip leaves of a .pb.gz is goprof's too; .pprof, .txt, .json are not claimed.
+    assert profile_suffixes() == (".speedscope.json", ".folded", ".pb.gz", ".pb")
 
 
 def test_unknown_format_lists_known_ones() -> None:

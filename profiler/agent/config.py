@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from goprof.errors import UsageError
+from goprof.exporters.directory import DEFAULT_TEMPLATE
 
 DEFAULTS: dict[str, Any] = {
     "pid": [], "exe": [], "comm": [], "cgroup": [],
@@ -26,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "parca": None, "insecure": False, "parca_ca": None, "parca_token_file": None,
     "pyroscope": None, "pyroscope_user": None, "pyroscope_password_file": None,
     "pyroscope_token_file": None, "tenant_id": None,
-    "output_dir": None, "output_template": "{exe}-{pid}-{time}.{kind}.pb.gz",
+    "output_dir": None, "output_template": DEFAULT_TEMPLATE,
     "retain": None, "retain_size": None,
     "spool_dir": "/var/lib/goprof/spool", "spool_size": "1G", "queue_size": "64M",
     "metrics_addr": "127.0.0.1:7471", "log_format": "text", "duration": None,

@@ -10,10 +10,16 @@ from pathlib import Path
 from goprof import output_files
 from goprof.agent.discovery import exe_matches
 from goprof.errors import EnvironmentProblem, UsageError
-from goprof.exporters import FORMATS, Exporter, exporter_for_path, get_exporter
+from goprof.exporters import (
+    FORMATS,
+    Exporter,
+    exporter_for_path,
+    get_exporter,
+    written_suffixes,
+)
 from goprof.exporters.sink import check_template
 
-DEFAULT_SUFFIX = {"pprof": ".pb.gz", "folded": ".folded", "speedscope": ".speedscope.json"}
+SUFFIXES = ", ".join(written_suffixes())  # ".pb.gz, .folded, .speedscope.json"
 
 
 def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
@@ -27,13 +33,13 @@ def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
                    help="how long to record: 30s, 2m, 500ms, 1h (default: until Ctrl-C "
                         "or every target exits)")
     p.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
-                   help="where to write; the format follows the suffix (.pb.gz, .folded, "
-                        ".speedscope.json) unless --format is given; repeat to write the "
+                   help=f"where to write; the format follows the suffix ({SUFFIXES}) "
+                        "unless --format is given; repeat to write the "
                         "same profile in several formats; {exe} {pid} {time} {host} {kind} "
                         "are filled in, and with {pid} each process gets its own file; - is "
                         "standard output (pprof unless --format); a FIFO or device is "
                         "written in place, a symbolic link at its target "
-                        f"(default: goprof-{kind}-PID-TIME.pb.gz)")
+                        f"(default: goprof-{kind}-PID-TIME{get_exporter('pprof').suffix})")
     p.add_argument("--format", choices=FORMATS, default=None, help="output format")
     p.add_argument("--stats", default=None, metavar="FILE",
                    help="also write the run's statistics as JSON (samples, lost, BPF time, "
@@ -54,7 +60,7 @@ def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""
         Path(args.exec_command[0]).name
     who = who.replace("/", "_")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return [(Path(f"goprof-{kind}-{who}-{stamp}{DEFAULT_SUFFIX[exporter.name]}"), exporter)]
+    return [(Path(f"goprof-{kind}-{who}-{stamp}{exporter.suffix}"), exporter)]
 
 
 def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
@@ -85,8 +91,8 @@ def output_for(path: str, format_name: str | None) -> tuple[Path, Exporter]:
         # format: pprof, as for standard output.
         return output, get_exporter("pprof")
     if found is None:
-        raise UsageError(f"cannot tell the format from {path!r}: use a suffix (.pb.gz, "
-                         f".folded, .speedscope.json) or --format {'|'.join(FORMATS)}")
+        raise UsageError(f"cannot tell the format from {path!r}: use a suffix ({SUFFIXES}) "
+                         f"or --format {'|'.join(FORMATS)}")
     return output, found
 
 

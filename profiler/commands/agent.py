@@ -20,6 +20,7 @@ from goprof.agent.metrics import AgentMetrics, TimedSink, serve
 from goprof.agent.runner import Agent, AgentOptions
 from goprof.durations import parse_duration, parse_size
 from goprof.errors import EnvironmentProblem, UsageError
+from goprof.exporters.directory import DEFAULT_TEMPLATE
 from goprof.exporters.sink import Sink, check_template
 from goprof.targets import check_privileges
 from rich.console import Console
@@ -90,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("directory")
     g.add_argument("--output-dir", metavar="DIR", help="write every profile here")
     g.add_argument("--output-template", metavar="T", help="file names, from {exe} {pid} "
-                   "{time} {host} {kind} (default {exe}-{pid}-{time}.{kind}.pb.gz)")
+                   "{time} {host} {kind} (default " + DEFAULT_TEMPLATE + ")")
     g.add_argument("--retain", metavar="D", help="delete profiles older than this (7d)")
     g.add_argument("--retain-size", metavar="SIZE",
                    help="keep the directory under this size, oldest deleted first (2G)")
