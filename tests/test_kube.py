@@ -1,4 +1,5 @@
-"""goprof.agent.kube: container ids from /proc/PID/cgroup, names from a (fake) Kubernetes API."""
+"""goprof.agent.cgroups and .kube: container ids from /proc/PID/cgroup, names from a (fake)
+Kubernetes API."""
 
 from __future__ import annotations
 
@@ -14,13 +15,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from goprof.agent.kube import (
-    EARLY_REFRESH_S,
-    CgroupInfo,
-    PodDirectory,
-    cgroup_of,
-    parse_cgroup,
-)
+from goprof.agent.cgroups import CgroupInfo, cgroup_of, parse_cgroup
+from goprof.agent.kube import EARLY_REFRESH_S, PodDirectory
 
 CID = "3f8a1c2b9d7e4f60a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718"
 CID2 = "9ec39b91f3d70e1beff50a308f77067065ea6be0d91a3378375056cd4422cf3d"

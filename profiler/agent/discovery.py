@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from goprof.agent.kube import CgroupInfo, cgroup_of
+from goprof.agent.cgroups import CgroupInfo, cgroup_of
 from goprof.golang.buildinfo import go_version
 from goprof.symbolizer import SymbolizerError
 from goprof.symbolizer.elffile import ElfImage
