@@ -128,7 +128,9 @@ def _member_offset(value) -> int:
 
 
 def _type_size(die) -> int | None:
-    """Byte size of a member's type, through typedefs (Go names its types directly)."""
+    """Byte size of a member's type, through typedefs (Go names its types directly).
+    Go gives pointer types (*T, unsafe.Pointer) no byte size: theirs is the address
+    size, not the size of what they point to."""
     for _ in range(8):
         if "DW_AT_type" not in die.attributes:
             return None
@@ -136,4 +138,6 @@ def _type_size(die) -> int | None:
         size = die.attributes.get("DW_AT_byte_size")
         if size is not None:
             return size.value
+        if die.tag == "DW_TAG_pointer_type":
+            return die.cu.structs.address_size
     return None
