@@ -23,6 +23,7 @@ from goprof.model import Frame
 
 from .errors import DATA_ERRORS, SymbolizerError
 from .names import valid_name
+from .pcvalue import PcValueTable, advance
 
 MAGIC_GO118 = 0xFFFFFFF0
 MAGIC_GO120 = 0xFFFFFFF1
@@ -70,25 +71,6 @@ class FuncInfo:
     # the PCDATA_InlTreeIndex table's offset in pctab (0: none).
     inl_tree: int = -1
     inl_table: int = 0
-
-
-_ZIGZAG7 = tuple((u >> 1) ^ -(u & 1) for u in range(128))
-
-
-class _Table:
-    """A pc-value table decoded as far as asked: run i has value vals[i] for pcs below
-    ends[i]; p/pc/val are where decoding resumes."""
-
-    __slots__ = ("ends", "vals", "p", "pc", "val", "done", "limit")
-
-    def __init__(self, p: int, limit: int) -> None:
-        self.ends: list[int] = []
-        self.vals: list[int] = []
-        self.p = p
-        self.pc = 0
-        self.val = -1
-        self.done = False
-        self.limit = limit
 
 
 def print_name(name: str) -> str:
@@ -146,7 +128,7 @@ class Pclntab:
         self._files: dict[tuple[int, int], str] = {}
         # By offset in pctab (the linker shares one table between functions that have
         # the same one).
-        self._tables: dict[int, _Table] = {}
+        self._tables: dict[int, PcValueTable] = {}
         self._by_name: dict[str, int] | None = None
         # Function index -> what was wrong with it (the first thing found): a damaged
         # function is unnamed, or named without its inlined frames or file:line.
@@ -306,68 +288,15 @@ class Pclntab:
             at = self.pctab_off + table
             if at >= len(self.data):
                 raise SymbolizerError("pclntab: pc-value table beyond the data")
-            t = _Table(at, (f.end - f.entry) // self.quantum + 2)
+            t = PcValueTable(at, (f.end - f.entry) // self.quantum + 2)
             if len(self._tables) >= CACHE_LIMIT:
                 self._tables.clear()
             self._tables[table] = t
         ends = t.ends
         if not t.done and not (ends and ends[-1] > pc):
-            self._advance(t, pc)
+            advance(t, self.data, self.quantum, pc)
         i = bisect_right(ends, pc)
         return t.vals[i] if i < len(ends) else -1
-
-    def _advance(self, t: _Table, target: int) -> None:
-        """Decodes t until its last run ends after target, or to its terminator.
-
-        Tables are decoded lazily and only as far as asked (most functions are asked
-        about one pc), and the state is kept to resume later: decoding is the bulk of
-        the cost of naming a pc. Entries are capped by the function's size (each one
-        advances the pc), so corrupt data cannot grow the lists without bound."""
-        data = self.data
-        q = self.quantum
-        ends, vals = t.ends, t.vals
-        p, pc, val = t.p, t.pc, t.val
-        # Each kept run advances the pc: stopping past the function's end bounds them.
-        target = min(target, t.limit * q)
-        zigzag = _ZIGZAG7
-        append_end, append_val = ends.append, vals.append
-        try:
-            while pc <= target:
-                uv = data[p]
-                d = data[p + 1]
-                if (uv | d) < 0x80:  # the common case: two one-byte varints
-                    if uv == 0 and pc != 0:  # the terminator (a zero delta is only first)
-                        t.done = True
-                        break
-                    p += 2
-                    val += zigzag[uv]
-                else:
-                    if uv & 0x80:
-                        uv, p = _varint_rest(data, p + 1, uv)
-                    elif uv == 0 and pc != 0:
-                        t.done = True
-                        break
-                    else:
-                        p += 1
-                    val += (uv >> 1) ^ -(uv & 1)
-                    d = data[p]
-                    if d & 0x80:
-                        d, p = _varint_rest(data, p + 1, d)
-                    else:
-                        p += 1
-                if d:  # an empty run names no pc: nothing to keep
-                    pc += d * q
-                    append_end(pc)
-                    append_val(val)
-        except IndexError:
-            t.done = True  # ran off the data: keep what decoded
-        except SymbolizerError:
-            # A bad varint: what decoded before it stays, and decoding does not resume
-            # (it would append the same runs again).
-            t.done = True
-            t.p, t.pc, t.val = p, pc, val
-            raise
-        t.p, t.pc, t.val = p, pc, val
 
     def pcdata(self, f: FuncInfo, index: int, pc: int) -> int:
         if index >= f.npcdata:
@@ -467,18 +396,3 @@ class Pclntab:
         except (SymbolizerError, *DATA_ERRORS) as e:
             self._damage(i, e)
             return "?", 0
-
-
-def _varint_rest(data: bytes, p: int, first: int) -> tuple[int, int]:
-    """Finishes a varint whose first byte (continuation bit set) is before p."""
-    v = first & 0x7F
-    shift = 7
-    while True:
-        b = data[p]  # IndexError past the data: the caller's to handle
-        p += 1
-        v |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return v & 0xFFFFFFFF, p
-        shift += 7
-        if shift > 28:
-            raise SymbolizerError("pclntab: varint longer than 5 bytes")
