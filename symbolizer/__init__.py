@@ -1,6 +1,8 @@
-"""Names for the addresses of a profile: Go's pclntab (stripped and PIE binaries
-included, one frame per inlined call), ELF symbols for other code, kallsyms for the
-kernel."""
+"""Addresses to frames, nothing else: Go's pclntab (stripped and PIE binaries
+included, one frame per inlined call; runtime.firstmoduledata for its bases), ELF
+symbols for other code, kallsyms for the kernel. What goprof knows of Go binaries
+beyond naming addresses (probe sites, runtime variables, struct layouts, the Go
+version) is goprof.golang's."""
 
 from .binary import BinarySymbols, load_binary
 from .cache import BinaryCache

@@ -1,4 +1,16 @@
-"""What goprof knows about Go binaries and processes, none of it naming addresses: build
-info and version, function entries, uprobe sites, runtime globals found in stripped
-binaries, struct layouts (DWARF, else a table per Go version), and a running target's
-runtime seen from outside (rates, memory reads, the writes goprof puts back)."""
+"""What goprof knows about Go binaries and processes, none of it naming addresses
+(that is goprof.symbolizer's):
+
+- buildinfo: the Go version from the build info blob;
+- functions: function entries (pclntab, else ELF symbols) and a function's code;
+- probes: uprobe sites, the JBE after a function's stack-bound check;
+- x86: the RIP-relative operands of x86-64 code;
+- globals: runtime variables, from .symtab or found in the code of stripped binaries;
+- layouts: struct offsets, from DWARF else a (struct, field) table per Go version;
+- dwarf: struct types read from DWARF;
+- process: a running target's Go runtime seen from outside (binary, bias, rates);
+- writes: the writes goprof puts into a target's runtime, shared and recorded.
+
+Nothing is imported here: goprof.symbolizer imports goprof.golang.buildinfo, which
+imports goprof.symbolizer's ELF reader in turn.
+"""
