@@ -31,10 +31,11 @@ WHOLE = ""
 MCACHE, MSPAN = "runtime.mcache", "runtime.mspan"
 BUCKET, RECORD = "runtime.bucket", "runtime.memRecordCycle"
 
-# From the DWARF of real builds (GO-PROFILING-NOTES.md). A size given for a member is one
-# goprof's readers assume: DWARF that says another is an error (never a silently wrong
-# read), except for the memRecordCycle's members, which are read as a whole (all of them,
-# whatever they are: Go 1.27 dropped the byte counters).
+# From the DWARF of real builds (tests/test_golang_layouts.py checks the rows of the
+# versions the tests build). A size given for a member is one goprof's readers assume:
+# DWARF that says another is an error (never a silently wrong read), except for the
+# memRecordCycle's members, which are read as a whole (all of them, whatever they are:
+# Go 1.27 dropped the byte counters). Pointers are 8 bytes.
 # mcache.alloc: [numSpanClasses]*mspan, indexed by spanClass. mspan.nelems: uintptr up to
 # Go 1.21, uint16 from 1.22. bucket: the header (next, allnext, typ, hash, size, nstk);
 # the stack (nstk words) and the memRecord follow it.
