@@ -17,7 +17,8 @@ from goprof.agent.delivery import Delivery
 from goprof.agent.discovery import ProcessFilter
 from goprof.agent.kube import PodDirectory
 from goprof.agent.metrics import AgentMetrics, TimedSink, serve
-from goprof.agent.runner import Agent, AgentOptions
+from goprof.agent.options import AgentOptions
+from goprof.agent.runner import Agent
 from goprof.durations import parse_duration, parse_size
 from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters.directory import DEFAULT_TEMPLATE
