@@ -58,6 +58,9 @@ BPF_HASH(targets, u32, u32, 64);  // tgid -> generation
 BPF_HASH(execs, struct exec_key, u64, 64);  // -> bpf_ktime_get_ns() of the exec
 BPF_ARRAY(config, u32, 4);
 BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
+// bpf_ktime_get_ns() of this CPU's first target sample: user space learns when sampling
+// began without polling a counter for it.
+BPF_PERCPU_ARRAY(first_sample, u64, 1);
 BPF_STACK_TRACE(stacks0, 1024);
 BPF_STACK_TRACE(stacks1, 1024);
 BPF_HASH(counts0, struct sample_key, u64, 1024);
@@ -76,6 +79,10 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx) {
     if (!generation)
         return 0;
     count_error(ERR_SAMPLES);
+    int first_slot = 0;
+    u64 *first = first_sample.lookup(&first_slot);
+    if (first && *first == 0)
+        *first = bpf_ktime_get_ns();
 
     int slot = CONFIG_WINDOW;
     u32 *window_slot = config.lookup(&slot);

@@ -25,15 +25,19 @@ import os
 import re
 import secrets
 import select
+import socket
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters import Exporter
 from goprof.exporters.directory import file_kind, sync_folder
+from goprof.exporters.sink import render_template
 from goprof.model import Profile
+from goprof.targets import Target
 
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
 # Magic links to an open file: the name only makes sense opened, so it is written in place.
@@ -235,3 +239,30 @@ def check_output(path: str) -> Destination:
 
 def uses_stdout(outputs: list[tuple[Path, Exporter]]) -> bool:
     return any(is_stdout(p) for p, _ in outputs)
+
+
+def write_outputs(profile: Profile, outputs: list[tuple[Path, Exporter]], kind: str = "",
+                  targets: list[Target] | None = None) -> list[tuple[Path, Exporter]]:
+    """Each output written as above (files whole or not at all, devices, FIFOs and stdout
+    in place, never replaced); -o templates are filled in, one file per process when they
+    name {pid}. Returns the files written."""
+    jobs = [(path, part, exporter) for out, exporter in outputs
+            for path, part in _expand(out, profile, kind, targets or [])]
+    return write_all(jobs)
+
+
+def _expand(out: Path, profile: Profile, kind: str, targets: list[Target]
+            ) -> list[tuple[Path, Profile]]:
+    template = str(out)
+    if "{" not in template:
+        return [(out, profile)]
+    host = socket.gethostname()
+    fill = partial(render_template, template, host=host, kind=kind, when_ns=profile.time_nanos)
+    if "{pid}" not in template or len(targets) < 2:
+        first = targets[0] if targets else Target(0, "", "")
+        return [(Path(fill(exe=first.exe, pid=first.pid)), profile)]
+    parts = []
+    for t in targets:
+        samples = [s for s in profile.samples if s.labels.get("pid") == str(t.pid)]
+        parts.append((Path(fill(exe=t.exe, pid=t.pid)), replace(profile, samples=samples)))
+    return parts

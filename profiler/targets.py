@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 from dataclasses import dataclass
 
 from goprof.errors import EnvironmentProblem, GoprofError, UsageError
@@ -130,3 +131,50 @@ def check_privileges() -> None:
         return
     raise EnvironmentProblem("goprof loads eBPF programs: run it as root (sudo goprof ...) or "
                              "give it CAP_BPF and CAP_PERFMON")
+
+
+class ExitWatch:
+    """Which targets have exited, from their pidfds: a pidfd becomes readable when its
+    process ends, so a loop can sleep in poll() until then, and a reused pid cannot fool
+    it. Where pidfd_open is refused (kernels before 5.3), the pid is checked in /proc at
+    each `check()` instead."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.fds: dict[int, int] = {}  # pidfd -> pid
+        self.polled: set[int] = set()  # pids without a pidfd
+        self.live: set[int] = set()
+        for pid in pids:
+            self.add(pid)
+
+    def add(self, pid: int) -> None:
+        try:
+            self.fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            return  # gone already
+        except OSError:
+            self.polled.add(pid)
+        self.live.add(pid)
+
+    def check(self, ready: set[int] | None = None) -> None:
+        """Drops the targets that exited: those whose pidfd is in `ready` (None: poll every
+        pidfd now) and those /proc says are gone or zombies."""
+        if ready is None:
+            ready = set(self.fds) & _readable(list(self.fds))
+        for fd in [fd for fd in self.fds if fd in ready]:
+            self.live.discard(self.fds.pop(fd))
+            os.close(fd)
+        for pid in [pid for pid in self.polled if not alive(pid)]:
+            self.polled.discard(pid)
+            self.live.discard(pid)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _readable(fds: list[int]) -> set[int]:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}

@@ -13,7 +13,7 @@ from goprof.commands._options import (
 )
 from goprof.durations import parse_duration
 from goprof.errors import UsageError
-from goprof.recording.session import CpuOptions, CpuSession
+from goprof.kinds.cpu.session import CpuOptions, CpuSession
 from rich.console import Console
 
 

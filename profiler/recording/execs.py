@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from goprof.errors import EnvironmentProblem
 from goprof.recording.builder import ImageKey, image_key
 from goprof.recording.windows import ExecEvent
 from goprof.symbolizer import BinaryCache, ProcessGone, ProcessSymbolizer, SymbolizerError
 from goprof.targets import Target, read_comm
+from rich.console import Console
 
 
 @dataclass
@@ -97,6 +99,22 @@ class ImageTracker:
     def current(self) -> list[ProcessSymbolizer]:
         """Each target's tables for the image it runs now (what a refresh updates)."""
         return [self.symbolizers[k] for k in self.latest.values() if k in self.symbolizers]
+
+
+def snapshot_symbols(target: Target, cache: BinaryCache, console: Console
+                     ) -> ProcessSymbolizer:
+    """The target's symbol tables now, while it lives (a target that exits later keeps
+    its names); what could not be read is said as a note."""
+    try:
+        sym = ProcessSymbolizer(target.pid, cache)
+    except ProcessGone:
+        raise EnvironmentProblem(f"{target.label} exited before goprof could read its "
+                                 "memory map") from None
+    except SymbolizerError as e:
+        raise EnvironmentProblem(f"cannot read {target.label}'s binaries: {e}") from None
+    for err in sym.errors:
+        console.print(f"[yellow]note:[/] {target.label}: {err}")
+    return sym
 
 
 def _exe(pid: int) -> str:

@@ -138,13 +138,13 @@ class WindowedMaps:
 
         return stack
 
+    def error_total(self, slot: int) -> int:
+        """One error counter summed over the CPUs (one lookup)."""
+        raw = self.map("errors").lookup(struct.pack("<I", slot)) or b""
+        return sum(struct.unpack(f"<{len(raw) // 8}Q", raw))
+
     def error_totals(self) -> list[int]:
-        errors = self.map("errors")
-        totals = []
-        for slot in range(self._error_slots):
-            raw = errors.lookup(struct.pack("<I", slot)) or b""
-            totals.append(sum(struct.unpack(f"<{len(raw) // 8}Q", raw)))
-        return totals
+        return [self.error_total(slot) for slot in range(self._error_slots)]
 
     def take_errors(self) -> list[int]:
         """The error counters since the last call."""

@@ -125,8 +125,14 @@ class CpuRecorder(WindowedMaps):
 
     # -- reading --------------------------------------------------------------
     def samples_seen(self) -> int:
-        """Target samples so far (cheap: one per-CPU lookup), for the progress line."""
-        return self.error_totals()[ERR_SAMPLES]
+        """Target samples so far (one per-CPU lookup), for the progress line."""
+        return self.error_total(ERR_SAMPLES)
+
+    def first_sample_ns(self) -> int | None:
+        """CLOCK_MONOTONIC time of the first target sample on any CPU (None: none yet)."""
+        raw = self.map("first_sample").lookup(struct.pack("<I", 0)) or b""
+        times = [t for t in struct.unpack(f"<{len(raw) // 8}Q", raw) if t]
+        return min(times) if times else None
 
     def drain(self) -> Window:
         """Flips the window and returns what the old one holds, leaving it empty."""
@@ -162,4 +168,5 @@ class CpuRecorder(WindowedMaps):
         assert self.loaded is not None
         info = syscalls.prog_info(self.loaded.programs[PROGRAM])
         return {"run_time_ns": info.run_time_ns, "run_cnt": info.run_cnt,
-                "recursion_misses": info.recursion_misses}
+                "recursion_misses": info.recursion_misses,
+                "first_sample_ns": self.first_sample_ns() or 0}

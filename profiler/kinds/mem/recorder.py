@@ -174,7 +174,7 @@ class MemRecorder(WindowedMaps):
 
     # -- reading --------------------------------------------------------------
     def samples_seen(self) -> int:
-        return self.error_totals()[ERR_HITS]
+        return self.error_total(ERR_HITS)
 
     def drain(self) -> MemWindow:
         return self._read_window(self.flip())

@@ -9,8 +9,7 @@ written, and a MemProfileRate goprof set is put back.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from goprof import __version__
@@ -28,10 +27,9 @@ from goprof.kinds.mem.build import AllocProfileBuilder, MethodChoice
 from goprof.kinds.mem.recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
 from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
-from goprof.recording.session import Recorder, RecordingSession, write_outputs
+from goprof.recording.session import Recording, RecordingSession, Rows
 from goprof.recording.windows import ExecEvent
-from goprof.report import print_counters, print_top
-from goprof.targets import Target, check_privileges, target_for_pid
+from goprof.targets import Target, target_for_pid
 from rich.console import Console
 from rich.markup import escape
 
@@ -70,91 +68,72 @@ class MemOptions:
     stats_path: Path | None = None
 
 
-@dataclass
-class MemRunResult:
-    profile: Profile
-    stats: MemStats
-    ended_by: str
-    methods: dict[ImageKey, MethodChoice]
-    outputs: list[Path]
-    targets: list[Target] = field(default_factory=list)
-    exit_code: int = 0
-
-
 class MemSession(RecordingSession):
+    kind = "mem"
+    empty_profile = "no allocations seen: the targets allocated nothing while recording"
+
     def __init__(self, options: MemOptions, console: Console | None = None) -> None:
-        super().__init__(options.duration, options.command, options.outputs, console)
+        super().__init__(options.pids, options.command, options.duration, options.outputs,
+                         console, options.stats_path)
         self.opts = options
+        self.gos: list[GoProcess] = []  # the targets' Go runtimes, in target order
         self.writes: dict[int, TargetWrites] = {}  # pid -> goprof's writes into it
         self.methods: dict[ImageKey, MethodChoice] = {}
         self.attached: set[tuple[tuple[int, int], str]] = set()  # (binary, function) probed
-        self.recording = False  # probes attached from now on are enabled at once
         self.image_notes: list[str] = []  # targets whose allocation profile ended at an exec
         self.holds: list[tuple[TargetWrites, RuntimeVar]] = []  # released when the run ends
+        self.deduplicated = 0
 
-    def run(self) -> MemRunResult:
-        check_privileges()
-        cache = self.images.cache
-        targets = [target_for_pid(pid) for pid in self.opts.pids]
-        gos = [inspect(t, cache) for t in targets]  # non-Go targets: a clear error first
+    # -- the skeleton's hooks ---------------------------------------------------
+    def inspect(self, targets: list[Target]) -> None:
+        # Non-Go targets: a clear error before anything is attached.
+        self.gos += [inspect(t, self.images.cache) for t in targets]
+
+    def open_recorder(self) -> MemRecorder:
         recorder = MemRecorder(self.opts.rate)
         recorder.open()
-        old_handlers = self._install_signals()
+        return recorder
+
+    def add_targets(self, recorder: MemRecorder, targets: list[Target]) -> None:
+        for proc in self.gos:
+            self.methods[proc.target.pid] = self._prepare(proc, recorder)
+        self._say_methods(self.gos, self.methods)
+
+    def new_stats(self) -> MemStats:
+        return MemStats()
+
+    def cleanup(self) -> None:
+        self._restore_rates()
+
+    def build(self, collected: Recording, builder: ProfileBuilder, targets: list[Target]
+              ) -> Profile:
+        stats: MemStats = collected.stats
         methods = self.methods
-        try:
-            if self.opts.command:
-                t = self._start_command()
-                targets.append(t)
-                gos.append(inspect(t, cache))
-            for proc in gos:
-                methods[proc.target.pid] = self._prepare(proc, recorder)
-            self._say_methods(gos, methods)
-            start_ns = time.time_ns()
-            recorder.start()
-            self.recording = True
-            self.snapshot_targets(targets)
-            stats = MemStats()
-            samples, ended_by, elapsed = self._record(recorder, targets, stats)
-            bpf_stats = recorder.program_stats()
-        finally:
-            recorder.close()
-            self._restore_rates()
-            self._restore_signals(old_handlers)
-            self._stop_child()  # also when the run failed: a started command is not left
-        builder = ProfileBuilder(self.images.symbolizers, None, self.images.comms)
         comments = [f"goprof {__version__} mem: targets {', '.join(t.label for t in targets)}"]
         comments += [f"{t.label}: method {_describe(methods[t.pid])}" for t in targets]
         comments += self.exec_lines()
-        comments.append(f"ended: {ended_by}")
+        comments.append(f"ended: {collected.ended_by}")
         alloc = AllocProfileBuilder(builder, methods)
-        profile = alloc.build(samples, stats, start_ns, int(elapsed * 1e9), comments)
+        profile = alloc.build(collected.samples, stats, collected.start_ns,
+                              int(collected.elapsed_s * 1e9), comments)
+        self.deduplicated = alloc.deduplicated
         profile.default_sample_type = self.opts.weight
         profile.comments.append(
             f"probe hits {stats.hits}, events with a stack {stats.sampled}, lost {stats.lost}, "
             f"stack collisions {stats.collisions}, truncated stacks {stats.truncated} "
             f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}"
             f"{builder.stats.damage_text()}")
-        self.written = write_outputs(profile, self.outputs, "mem", targets)
-        result = MemRunResult(profile, stats, ended_by, methods,
-                              [p for p, _ in self.written], targets)
-        self._print_summary(result, builder, alloc)
-        if self.opts.stats_path is not None:
-            self._write_json(self.opts.stats_path, {
-                "ended_by": ended_by,
-                "methods": {_image_name(key): {"method": m.method, "rate": m.rate}
-                            for key, m in methods.items()},
-                "execs": self.exec_stats(),
-                **{k: getattr(stats, k) for k in stats.__dataclass_fields__},
-                "lost": stats.lost,
-                "deduplicated": alloc.deduplicated,
-                "unnamed_frames": builder.stats.unnamed_frames,
-                **builder.stats.damage_json(),
-                "cut_stacks": builder.stats.cut_stacks,
-                "bpf_run_time_ns": bpf_stats["run_time_ns"],
-                "bpf_run_cnt": bpf_stats["run_cnt"],
-                "recording_s": elapsed,
-            })
-        return result
+        return profile
+
+    def kind_stats(self, collected: Recording, builder: ProfileBuilder) -> dict:
+        stats: MemStats = collected.stats
+        return {
+            "methods": {_image_name(key): {"method": m.method, "rate": m.rate}
+                        for key, m in self.methods.items()},
+            **{k: getattr(stats, k) for k in stats.__dataclass_fields__},
+            "lost": stats.lost,
+            "deduplicated": self.deduplicated,
+        }
 
     # -- choosing and attaching -------------------------------------------------
     def _candidates(self, proc: GoProcess) -> list[str]:
@@ -207,7 +186,7 @@ class MemSession(RecordingSession):
         recorder.add_target(pid, layout, generation)
         return MethodChoice(method, rate)
 
-    def _on_new_image(self, event: ExecEvent, recorder: Recorder, said: bool) -> None:
+    def on_new_image(self, event: ExecEvent, recorder: MemRecorder, said: bool) -> None:
         """A target exec'd: the new binary's probe sites and offsets, and a method for it
         (the old probes are on the old file); the kernel side counts nothing for it
         until then. A new image that is not Go, or where no method works, ends that
@@ -292,19 +271,14 @@ class MemSession(RecordingSession):
                                    "(bench/mem_overhead.py); prefer go-sampler or span for a "
                                    "service", highlight=False)
 
-    def _print_summary(self, result: MemRunResult, builder: ProfileBuilder,
-                       alloc: AllocProfileBuilder) -> None:
-        c = self.console
-        stats = result.stats
-        print_top(c, result.profile, result.profile.value_index(self.opts.weight),
-                  empty="no allocations seen: the targets allocated nothing while recording")
-        rows = [("ended", result.ended_by), *self.exec_rows()]
-        rows += [("note", note) for note in self.image_notes]
-        for t in result.targets:
-            m = result.methods[t.pid]
-            rows.append((f"method ({t.label})", _describe(m)))
+    def kind_rows(self, collected: Recording, builder: ProfileBuilder) -> Rows:
+        stats: MemStats = collected.stats
+        rows = [("note", note) for note in self.image_notes]
+        for proc in self.gos:
+            t = proc.target
+            rows.append((f"method ({t.label})", _describe(self.methods[t.pid])))
         execs = {(r.pid, r.generation) for r in self.images.records}
-        for key, m in result.methods.items():
+        for key, m in self.methods.items():
             if key in execs:
                 rows.append((f"method (pid {key[0]} after exec {key[1]})", _describe(m)))
         if stats.exec_pending:
@@ -323,8 +297,7 @@ class MemSession(RecordingSession):
         ]
         if stats.read_errors:
             rows.append(("unreadable spans", f"{stats.read_errors}"))
-        rows += [("wrote", f"{path} ({exporter.name})") for path, exporter in self.written]
-        print_counters(c, rows)
+        return rows
 
 
 def _image_name(key: ImageKey) -> str:
