@@ -20,7 +20,7 @@ from goprof.errors import EnvironmentProblem, UsageError
 from goprof.exporters import directory as directory_module
 from goprof.exporters import get_exporter
 from goprof.exporters.directory import DirectorySink, prune
-from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 from goprof.model import Frame, Location, Mapping, Profile, Sample, ValueType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -75,6 +75,9 @@ def test_default_template_writes_a_pprof(tmp_path: Path) -> None:
     assert [s.value[0] for s in prof.sample] == [7]
     assert path.stat().st_mode & 0o777 == 0o644
 
+
+def test_send_many_is_not_all_or_nothing_so_delivery_sends_one_by_one() -> None:
+    assert issubclass(DirectorySink, Sink) and not DirectorySink.atomic_send_many
 
 def test_template_with_subfolders(tmp_path: Path) -> None:
     sink = DirectorySink(tmp_path, "{host}/{kind}/{exe}.{pid}.{time}.pb.gz", host="node 1")

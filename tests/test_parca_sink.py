@@ -24,7 +24,7 @@ from goprof.exporters.pprof import to_proto
 from goprof.exporters.proto import parca_profilestore_pb2 as ppb
 from goprof.exporters.proto import parca_profilestore_pb2_grpc as ppb_grpc
 from goprof.exporters.proto import profile_pb2 as pb
-from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 from goprof.model import Frame, Location, Mapping, Profile, Sample, ValueType
 
 from tests.parca_server import ParcaServer, validate_profile
@@ -145,6 +145,9 @@ def test_send_many_is_refused_whole_for_one_bad_window(server, sink):
         sink.send_many([window("cpu"), bad])
     assert server.received == []
 
+
+def test_send_many_is_declared_all_or_nothing_so_delivery_batches() -> None:
+    assert issubclass(ParcaSink, Sink) and ParcaSink.atomic_send_many
 
 def test_uncompressed_pprof_is_accepted(server, sink):
     raw = to_proto(cpu_profile()).SerializeToString()

@@ -11,7 +11,7 @@ import socket
 import pytest
 from goprof.exporters import get_exporter
 from goprof.exporters.pyroscope import PyroscopeSink, series_name
-from goprof.exporters.sink import SinkError, SinkRejected, WindowProfile
+from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 from goprof.model import Frame, Location, Mapping, Profile, Sample, ValueType
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,6 +100,9 @@ def test_mem_window_is_marked_as_a_delta(server: PyroscopeServer) -> None:
     assert [strings[t.type] for t in mem.profile.sample_type] == ["alloc_objects",
                                                                   "alloc_space"]
 
+
+def test_send_many_is_not_all_or_nothing_so_delivery_sends_one_by_one() -> None:
+    assert issubclass(PyroscopeSink, Sink) and not PyroscopeSink.atomic_send_many
 
 def test_url_prefix_and_trailing_slash(server: PyroscopeServer) -> None:
     sink = PyroscopeSink(server.url + "/")
