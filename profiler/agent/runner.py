@@ -29,6 +29,7 @@ from goprof.agent.options import AgentOptions
 from goprof.agent.processes import Processes, Profiled
 from goprof.exporters import pprof
 from goprof.exporters.sink import WindowProfile
+from goprof.kinds.cpu.build import build_cpu
 from goprof.kinds.cpu.recorder import CpuRecorder, RawSample
 from goprof.kinds.mem.build import AllocProfileBuilder
 from goprof.kinds.mem.recorder import AllocSample, MemRecorder
@@ -169,8 +170,8 @@ class Agent:
         comments = [f"goprof {__version__} agent cpu: {self.opts.frequency} Hz cpu-clock, "
                     f"window {self.opts.window_s:g} s, {p.candidate.target.label}",
                     f"host window: lost samples {lost}"]
-        profile = builder.build_cpu(samples, self.cpu.period_ns, start_ns, end_ns - start_ns,
-                                    comments)
+        profile = build_cpu(builder, samples, self.cpu.period_ns, start_ns, end_ns - start_ns,
+                            comments)
         count = sum(s.count for s in samples)
         self.metrics.samples.labels("cpu").inc(count)
         self.metrics.unnamed.labels("cpu").inc(builder.stats.unnamed_frames)

@@ -11,16 +11,10 @@ what runtime/pprof shows:
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from goprof.kinds.cpu.recorder import RawSample
-from goprof.model import Location, Profile, Sample, ValueType
+from goprof.model import Location
 from goprof.symbolizer import KernelSymbolizer, ProcessSymbolizer
-
-CPU_SAMPLE_TYPES = [ValueType("samples", "count"), ValueType("cpu", "nanoseconds")]
-CPU_PERIOD_TYPE = ValueType("cpu", "nanoseconds")
 
 # What symbol tables, comms and methods are keyed by: a process's first image by its
 # pid, the image it runs after its Nth exec by (pid, N) (see bpf/cpu.c's on_exec).
@@ -117,33 +111,11 @@ class ProfileBuilder:
             locations.append(loc)
         return locations
 
-    def kernel_locations(self, raw: RawSample) -> list[Location]:
+    def kernel_locations(self, kernel: tuple[int, ...]) -> list[Location]:
         if self.kernel is None:
             return []
         # The leaf is the interrupted pc; the others are return addresses.
-        return [self.kernel.locate(pc if i == 0 else pc - 1) for i, pc in enumerate(raw.kernel)]
-
-    def build_cpu(self, samples: Iterable[RawSample], period_ns: int, time_nanos: int,
-                  duration_nanos: int, comments: list[str]) -> Profile:
-        # Merge identical keys first (the same stack in several windows).
-        merged: Counter[tuple[int, int, tuple[int, ...], tuple[int, ...], int, int]] = Counter()
-        for raw in samples:
-            merged[(raw.pid, raw.tid, raw.user, raw.kernel, raw.leaf_ret, raw.generation)] += \
-                raw.count
-        profile = Profile(sample_types=list(CPU_SAMPLE_TYPES), period_type=CPU_PERIOD_TYPE,
-                          period=period_ns, time_nanos=time_nanos,
-                          duration_nanos=duration_nanos, comments=comments)
-        for (pid, tid, user, kernel, leaf_ret, generation), count in merged.items():
-            raw = RawSample(pid, tid, user, kernel, leaf_ret, count, generation)
-            klocs = self.kernel_locations(raw)
-            ulocs = self.user_locations(pid, user, leaf_ret, count, generation)
-            self.count_frames(klocs, count, kernel=True)
-            self.count_frames(ulocs, count, kernel=False)
-            locations = tuple(klocs + ulocs)  # leaf first: kernel frames are the leaves
-            labels = {"pid": str(pid), "tid": str(tid),
-                      "comm": self.comms.get(image_key(pid, generation), "?")}
-            profile.samples.append(Sample(locations, (count, count * period_ns), labels))
-        return profile
+        return [self.kernel.locate(pc if i == 0 else pc - 1) for i, pc in enumerate(kernel)]
 
     def count_frames(self, locs: list[Location], count: int, kernel: bool) -> None:
         unnamed = [loc for loc in locs if not loc.frames]

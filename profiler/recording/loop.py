@@ -100,8 +100,6 @@ def record(recorder: Recorder, pids: list[int], stats: Any, *, duration: float |
     for fd in exits.fds:
         poller.register(fd, select.POLLIN)
     progress = _Progress(console, duration)
-    if not console.is_terminal:  # a terminal gets the progress line instead
-        console.print("goprof: recording (Ctrl-C stops and writes)")
     ended_by = ""
     try:
         with progress:
@@ -142,6 +140,13 @@ def record(recorder: Recorder, pids: list[int], stats: Any, *, duration: float |
     _drain_into(recorder, samples, stats)
     _drain_into(recorder, samples, stats)
     return Recorded(samples, ended_by, elapsed)
+
+
+def announce(console: Console) -> None:
+    """Said once recording runs (tests and scripts wait for it); a terminal gets the
+    progress line instead."""
+    if not console.is_terminal:
+        console.print("goprof: recording (Ctrl-C stops and writes)", highlight=False)
 
 
 def _drain_into(recorder: Recorder, samples: list, stats: Any) -> None:

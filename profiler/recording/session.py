@@ -31,7 +31,14 @@ from goprof.exporters import Exporter
 from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
 from goprof.recording.execs import ImageTracker, snapshot_symbols
-from goprof.recording.loop import MAX_WINDOW_S, Recorded, Recorder, StopSignals, record
+from goprof.recording.loop import (
+    MAX_WINDOW_S,
+    Recorded,
+    Recorder,
+    StopSignals,
+    announce,
+    record,
+)
 from goprof.recording.windows import ExecEvent
 from goprof.report import print_counters, print_top
 from goprof.symbolizer import BinaryCache, ProcessSymbolizer, SymbolizerError
@@ -194,6 +201,7 @@ class RecordingSession(ProfileSession):
                 self.setup_s = time.monotonic() - self.started_mono
                 self.snapshot_targets(targets)
                 stats = self.new_stats()
+                announce(self.console)
                 cpu_before = _cpu_seconds()
                 recorded = record(
                     recorder, [t.pid for t in targets], stats, duration=self.duration,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from goprof import __version__
 from goprof.exporters import Exporter
+from goprof.kinds.cpu.build import build_cpu
 from goprof.kinds.cpu.recorder import CpuRecorder, Stats
 from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
@@ -72,8 +73,8 @@ class CpuSession(RecordingSession):
             f"ended: {collected.ended_by}",
         ]
         started = time.monotonic()
-        profile = builder.build_cpu(collected.samples, self.period_ns, collected.start_ns,
-                                    int(collected.elapsed_s * 1e9), comments)
+        profile = build_cpu(builder, collected.samples, self.period_ns, collected.start_ns,
+                            int(collected.elapsed_s * 1e9), comments)
         self.symbolize_s = time.monotonic() - started
         profile.comments.append(
             f"samples {stats.counted}, lost {stats.lost}, stack collisions "
