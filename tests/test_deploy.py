@@ -589,3 +589,40 @@ def test_dockerfile_copy_builds_goprof(tmp_path: Path):
     scripts = [n for n in names if n.endswith("entry_points.txt")]
     assert scripts and "goprof = goprof.cli:main" in zipfile.ZipFile(wheel).read(
         scripts[0]).decode()
+
+
+# --- setup.sh and the launcher it installs -------------------------------------------
+
+SETUP = DEPLOY / "setup.sh"
+LAUNCHER = DEPLOY / "launcher.sh"
+
+
+def test_setup_installs_the_launcher_not_a_symlink():
+    """/usr/local/bin/goprof is the launcher (a symlink into a checkout others cannot
+    read gave them Python's "can't open file"): tests/test_cli_errors.py runs it."""
+    text = SETUP.read_text()
+    assert 'bash deploy/launcher.sh "$VENV/bin/goprof" /usr/local/bin/goprof' in text
+    assert not re.search(r"ln\s.*/usr/local/bin/goprof", text)
+    for script in (SETUP, LAUNCHER):
+        res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+
+
+def test_launcher_is_sh_and_quotes_any_path(tmp_path: Path):
+    folder = tmp_path / "it's a \"checkout\" $HOME `x`"
+    folder.mkdir()
+    goprof = folder / "goprof"
+    goprof.write_text('#!/bin/sh\nprintf "%s|" "$@"\n')
+    goprof.chmod(0o755)
+    dest = tmp_path / "launcher"
+    subprocess.run(["bash", str(LAUNCHER), str(goprof), str(dest)], check=True, timeout=30)
+    assert dest.stat().st_mode & 0o777 == 0o755
+    assert dest.read_text().startswith("#!/bin/sh\n")
+    assert subprocess.run(["sh", "-n", str(dest)]).returncode == 0
+    res = subprocess.run([str(dest), "a b", "", "c"], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0 and res.stdout == "a b||c|", res
+    goprof.unlink()  # gone: exit 2 and a line naming it, whoever runs it
+    res = subprocess.run([str(dest)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "goprof: " in res.stderr
