@@ -4,8 +4,11 @@ process, stopped by SIGTERM or killed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,7 +22,14 @@ from goprof.bpf import syscalls
 
 from tests import gobuild
 from tests.conftest import requires_root
-from tests.helpers import go_tool_pprof, goprof_command, read_pprof, wait_ready
+from tests.helpers import (
+    bpf_programs_of,
+    go_tool_pprof,
+    goprof_command,
+    read_pprof,
+    share_tolerance,
+    wait_ready,
+)
 from tests.parca_server import ParcaServer
 from tests.pyroscope_server import PyroscopeServer
 
@@ -108,6 +118,19 @@ def stop_target(p: subprocess.Popen) -> None:
         p.wait(10)
 
 
+def wait_for(get, done, agent: Agent, timeout: float = 30.0):
+    """get() once done(get()) holds, polled while the agent runs (a condition, where a
+    fixed sleep would assume an idle host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline and agent.proc.poll() is None, \
+            (value, "".join(agent.raw))
+        time.sleep(0.1)
+
+
 def metric_values(url: str) -> dict[str, float]:
     """name{labels} -> value of every sample on the page."""
     text = requests.get(url, timeout=5).text
@@ -119,7 +142,11 @@ def metric_values(url: str) -> dict[str, float]:
     return values
 
 
-def flat_split(profiles) -> dict[str, float]:
+def hot_split(profiles) -> tuple[dict[str, float], int, float]:
+    """cpusplit's three functions' shares among themselves (TRUTH's keys), how many
+    samples they hold, and their share of all samples. Among themselves, as in
+    tests/test_cpu.py: samples elsewhere (the kernel switching threads in, the runtime)
+    grow when the host is busy, while the three stay split as built."""
     flat: Counter[str] = Counter()
     for prof in profiles:
         strings = prof.string_table
@@ -128,24 +155,41 @@ def flat_split(profiles) -> dict[str, float]:
         for s in prof.sample:
             if s.location_id and locs[s.location_id[0]].line:
                 flat[funcs[locs[s.location_id[0]].line[0].function_id]] += s.value[0]
-    total = sum(flat.values())
-    shares = {k: 100.0 * v / total for k, v in flat.items()}
-    shares["gamma+mix"] = shares.get("main.gamma", 0.0) + shares.get("main.mix", 0.0)
-    return shares
+    flat["gamma+mix"] = flat["main.gamma"] + flat["main.mix"]
+    hot = sum(flat[fn] for fn in TRUTH)
+    total = sum(n for fn, n in flat.items() if fn != "gamma+mix")
+    return ({fn: 100.0 * flat[fn] / (hot or 1) for fn in TRUTH}, hot,
+            100.0 * hot / (total or 1))
 
 
-def agent_programs() -> list[str]:
-    return [p.name for p in syscalls.loaded_programs() if p.name in AGENT_PROGRAMS]
+def agent_programs(ids: set[int]) -> list[str]:
+    """Names of the agent's programs still loaded among these ids."""
+    return [p.name for p in syscalls.loaded_programs()
+            if p.name in AGENT_PROGRAMS and p.id in ids]
+
+
+# The name this module's cpusplit copies run under: `--exe SPLIT` then finds this test's
+# processes only, not the cpusplit of another test run on the same host.
+SPLIT = "split" + secrets.token_hex(4)  # 13 characters: comm keeps 15
+
+
+def private_copy(binary: gobuild.GoBinary, folder: Path) -> gobuild.GoBinary:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SPLIT
+    shutil.copy2(binary.path, path)
+    return dataclasses.replace(binary, path=path)
 
 
 @pytest.fixture(scope="module")
-def cpusplit_stripped_pie() -> gobuild.GoBinary:
-    return gobuild.build("cpusplit", "go1.27", "pie")  # "pie" is stripped too
+def cpusplit_stripped_pie(tmp_path_factory) -> gobuild.GoBinary:
+    binary = gobuild.build("cpusplit", "go1.27", "pie")  # "pie" is stripped too
+    return private_copy(binary, tmp_path_factory.mktemp("pie"))
 
 
 @pytest.fixture(scope="module")
-def cpusplit() -> gobuild.GoBinary:
-    return gobuild.build("cpusplit", "go1.26", "stripped")
+def cpusplit(tmp_path_factory) -> gobuild.GoBinary:
+    binary = gobuild.build("cpusplit", "go1.26", "stripped")
+    return private_copy(binary, tmp_path_factory.mktemp("stripped"))
 
 
 def test_every_window_of_every_target_reaches_parca_pyroscope_and_a_directory(
@@ -156,10 +200,10 @@ def test_every_window_of_every_target_reaches_parca_pyroscope_and_a_directory(
     out.mkdir()
     try:
         with ParcaServer() as parca, PyroscopeServer() as pyro:
-            agent = Agent("--exe", "cpusplit", "--parca", parca.url, "--insecure",
+            agent = Agent("--exe", SPLIT, "--parca", parca.url, "--insecure",
                           "--pyroscope", pyro.url, "--output-dir", str(out),
                           "--spool-dir", str(tmp_path / "spool"), "--service-name", "split",
-                          "--duration", "5s")
+                          "--duration", "5s", "-F", "997")  # samples enough for the split
             for pid in pids:
                 agent.wait_log("process picked up", pid=int(pid))
             metrics = metric_values(agent.metrics_url)
@@ -196,9 +240,13 @@ def test_every_window_of_every_target_reaches_parca_pyroscope_and_a_directory(
         assert starts == sorted(starts) and len(set(starts)) == len(starts)  # in order, no gaps
         for a, b in zip(profiles, profiles[1:], strict=False):
             assert a.time_nanos + a.duration_nanos == b.time_nanos, "windows must touch"
-        split = flat_split(profiles)
+        # Five 1 s windows at 997 Hz: ~5000 samples on an idle host, a third of that
+        # when two cores are shared with a Go build (main.beta strayed 7 points at 99 Hz).
+        split, samples, hot = hot_split(profiles)
+        assert samples >= 200 and hot >= 80.0, (pid, samples, hot, split)
         for fn, want in TRUTH.items():
-            assert abs(split.get(fn, 0.0) - want) < 6.0, (pid, split)
+            assert abs(split[fn] - want) < share_tolerance(want, samples, 6.0), \
+                (pid, samples, split)
     for r in pyro_got:
         assert r.service == "split" and r.labels["pid"] in pids
         assert r.from_ <= r.until
@@ -242,8 +290,9 @@ def test_sink_down_at_start_then_up_gets_every_window_in_order(tmp_path: Path, c
         agent = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
                       "--spool-dir", str(tmp_path / "spool"))
         agent.wait_log("process picked up", pid=target.pid)
-        time.sleep(3.5)  # three windows while Parca is down
-        spooled = list((tmp_path / "spool" / "parca").glob("*.window"))
+        # windows while Parca is down (waited for: a busy host delivers them late)
+        spooled = wait_for(lambda: list((tmp_path / "spool" / "parca").glob("*.window")),
+                           lambda found: len(found) >= 2, agent)
         parca.start()
         # The agent retries with backoff (1 s doubling, jittered) and grpc's reconnect
         # backoff adds up to 5 s more: wait for it to notice, not a fixed time.
@@ -299,10 +348,13 @@ def test_a_full_spool_drops_counted_and_the_agent_keeps_going(tmp_path: Path, cp
     try:
         agent = Agent("--pid", str(target.pid), "--parca", url, "--insecure",
                       "--spool-dir", str(tmp_path / "spool"), "--spool-size", "3K",
-                      "--queue-size", "1", "--duration", "5s")
+                      "--queue-size", "1", "--duration", "8s")
         agent.wait_log("process picked up", pid=target.pid)
-        time.sleep(3)
-        metrics = metric_values(agent.metrics_url)
+        url = agent.metrics_url
+        # the drops as they are counted (a busy host makes windows late: not a fixed time)
+        metrics = wait_for(lambda: metric_values(url),
+                           lambda m: m['goprof_windows_dropped_total{sink="parca"}'] > 0,
+                           agent)
         assert agent.wait() == 0, "".join(agent.raw)
     finally:
         stop_target(target)
@@ -316,7 +368,7 @@ def test_thirty_short_lived_processes_are_profiled_and_let_go(tmp_path: Path, cp
                                                              ) -> None:
     out = tmp_path / "profiles"
     out.mkdir()
-    agent = Agent("--exe", "cpusplit", "--output-dir", str(out), "--kernel")
+    agent = Agent("--exe", SPLIT, "--output-dir", str(out), "--kernel")
     try:
         url = agent.metrics_url
         agent.wait_log("agent started")
@@ -346,18 +398,20 @@ def test_thirty_short_lived_processes_are_profiled_and_let_go(tmp_path: Path, cp
 
 
 def test_kill_9_leaves_nothing_attached(tmp_path: Path, cpusplit) -> None:
-    assert agent_programs() == [], "another agent is still loaded"
+    """The agent's own programs (by id: other goprof runs on the host load programs of
+    the same names) are gone once it is killed."""
     target = start_target(cpusplit)
     try:
         agent = Agent("--pid", str(target.pid), "--mem", "--output-dir", str(tmp_path))
         agent.wait_log("process picked up", pid=target.pid)
-        assert "on_cpu_sample" in agent_programs()
+        ours = bpf_programs_of(agent.proc.pid)
+        assert "on_cpu_sample" in agent_programs(ours)
         agent.proc.kill()
         agent.proc.wait(10)
         deadline = time.monotonic() + 5
-        while agent_programs() and time.monotonic() < deadline:
+        while agent_programs(ours) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert agent_programs() == []
+        assert agent_programs(ours) == []
         assert target.poll() is None, "the target keeps running"
     finally:
         stop_target(target)
@@ -392,7 +446,7 @@ def test_config_file_settings_apply_and_flags_override_them(tmp_path: Path, cpus
     out = tmp_path / "profiles"
     out.mkdir()
     cfg = tmp_path / "agent.yaml"
-    cfg.write_text(f"output-dir: {out}\nexe: [cpusplit]\nwindow: 5s\n"
+    cfg.write_text(f"output-dir: {out}\nexe: [{SPLIT}]\nwindow: 5s\n"
                    "output-template: '{kind}-{pid}-{time}.pb.gz'\n")
     target = start_target(cpusplit)
     try:
@@ -402,14 +456,15 @@ def test_config_file_settings_apply_and_flags_override_them(tmp_path: Path, cpus
         stop_target(target)
     files = [f.name for f in out.iterdir()]
     assert len(files) >= 2 and all(f.startswith(f"cpu-{target.pid}-") for f in files), files
-    assert read_pprof(out / files[0]).duration_nanos <= 1.5e9
+    # 1 s windows, not 5 s (a busy host may make one a little longer)
+    assert read_pprof(out / files[0]).duration_nanos < 3e9
 
 
 def test_cpu_exe_with_a_pid_template_writes_one_file_per_process(tmp_path: Path, cpusplit
                                                                   ) -> None:
     targets = [start_target(cpusplit), start_target(cpusplit)]
     try:
-        res = subprocess.run([*goprof_command(), "cpu", "--exe", "cpusplit", "-d", "1s",
+        res = subprocess.run([*goprof_command(), "cpu", "--exe", SPLIT, "-d", "1s",
                               "-o", str(tmp_path / "{exe}-{pid}-{time}.{kind}.pb.gz")],
                              capture_output=True, text=True, timeout=60)
     finally:
@@ -418,7 +473,7 @@ def test_cpu_exe_with_a_pid_template_writes_one_file_per_process(tmp_path: Path,
     assert res.returncode == 0, res.stderr
     # by pid as a number: pids cross a power of ten ("10000" sorts before "9993" as text)
     files = sorted((f.name for f in tmp_path.iterdir()), key=lambda name: int(name.split("-")[1]))
-    assert [f.split("-")[:2] for f in files] == [["cpusplit", str(t.pid)]
+    assert [f.split("-")[:2] for f in files] == [[SPLIT, str(t.pid)]
                                                  for t in sorted(targets, key=lambda t: t.pid)]
     for f in files:
         assert f.endswith(".cpu.pb.gz")
@@ -481,4 +536,4 @@ def test_a_wrapper_that_execs_a_go_program_is_picked_up(tmp_path: Path, cpusplit
     finally:
         assert agent.stop() == 0, "".join(agent.raw)
     assert picked["exe"] == str(cpusplit.path)
-    assert any(f.name.startswith(f"cpusplit-{wrapper.pid}-") for f in out.iterdir())
+    assert any(f.name.startswith(f"{SPLIT}-{wrapper.pid}-") for f in out.iterdir())

@@ -15,11 +15,13 @@ from goprof.kinds.cpu.recorder import PROGRAM
 from tests import gobuild
 from tests.conftest import requires_root
 from tests.helpers import (
+    bpf_programs_of,
     flat_shares,
     go_tool_pprof,
     goprof_command,
     read_pprof,
     run_goprof,
+    share_tolerance,
     stacks,
     start,
     wait_ready,
@@ -71,9 +73,13 @@ def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, t
     grouped = _grouped(mine)
     hot = sum(grouped.values())
     assert hot >= 85.0, (grouped, others(prof))
+    # ~8000 samples when the host is idle; a busy host leaves the target less CPU time,
+    # so fewer samples, and a wider (statistical) tolerance than 3 points.
+    hot_samples = round(hot / 100 * sum(s.value[0] for s in prof.sample))
     for name, truth in TRUTH.items():
         share = 100 * grouped[name] / hot
-        assert abs(share - truth) <= 3.0, (name, share, grouped, others(prof))
+        assert abs(share - truth) <= share_tolerance(truth, hot_samples, 3.0), \
+            (name, share, hot_samples, grouped, others(prof))
     # Compared the same way: each profiler's split among the hot functions.
     hot_names = ("main.alpha", "main.beta", "main.gamma", "main.mix")
     mine_hot, go_hot = _among(mine, hot_names), _among(go, hot_names)
@@ -134,7 +140,7 @@ def test_several_pids_and_formats(cpusplit_plain, tmp_path):
         folded = tmp_path / "cpu.folded"
         scope = tmp_path / "cpu.speedscope.json"
         res = run_goprof("cpu", "--pid", str(procs[0].pid), "--pid", str(procs[1].pid),
-                         "-F", "49", "-d", "2s", "-o", str(folded), "-o", str(scope),
+                         "-F", "199", "-d", "2s", "-o", str(folded), "-o", str(scope),
                          check=True)
     finally:
         for p in procs:
@@ -159,6 +165,12 @@ def test_ctrl_c_writes_the_profile(cpusplit_plain, tmp_path):
         prof_proc = subprocess.Popen(
             [*goprof_command(), "cpu", "--pid", str(target.pid), "-o", str(out)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # 3 s from when it records (a busy host may take seconds to get there)
+        assert prof_proc.stderr is not None
+        before = [prof_proc.stderr.readline() for _ in range(1)]
+        while before[-1] and "recording" not in before[-1]:
+            before.append(prof_proc.stderr.readline())
+        assert "recording" in before[-1], before
         time.sleep(3)
         prof_proc.send_signal(signal.SIGINT)
         _, err = prof_proc.communicate(timeout=30)
@@ -177,7 +189,9 @@ def test_target_exit_keeps_names(tmp_path):
     target = start([str(binary.path), "-duration", "2s"])
     wait_ready(target)
     out = tmp_path / "cpu.pb.gz"
-    res = run_goprof("cpu", "--pid", str(target.pid), "-o", str(out), timeout=30, check=True)
+    # 997 Hz: samples enough to name both however little CPU a busy host leaves it
+    res = run_goprof("cpu", "-F", "997", "--pid", str(target.pid), "-o", str(out),
+                     timeout=30, check=True)
     target.wait()
     assert "every target exited" in res.stderr
     shares = flat_shares(read_pprof(out))
@@ -191,8 +205,10 @@ def test_kill_9_leaves_nothing_attached(cpusplit_plain, tmp_path):
         prof_proc = subprocess.Popen([*goprof_command(), "cpu", "--pid", str(target.pid),
                                       "-o", str(tmp_path / "x.pb.gz")],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # goprof's own program, by id: other goprof runs on the host load one of that
+        # name too.
         deadline = time.monotonic() + 20
-        while not any(p.name == PROGRAM for p in loaded_programs()):
+        while not (ours := ours_loaded(bpf_programs_of(prof_proc.pid))):
             assert time.monotonic() < deadline, "goprof never loaded its program"
             assert prof_proc.poll() is None, prof_proc.communicate()
             time.sleep(0.1)
@@ -200,12 +216,17 @@ def test_kill_9_leaves_nothing_attached(cpusplit_plain, tmp_path):
         prof_proc.send_signal(signal.SIGKILL)
         prof_proc.wait()
         deadline = time.monotonic() + 5
-        while any(p.name == PROGRAM for p in loaded_programs()):
+        while ours_loaded(ours):
             assert time.monotonic() < deadline, "the BPF program outlived goprof"
             time.sleep(0.1)
     finally:
         target.kill()
         target.wait()
+
+
+def ours_loaded(ids: set[int]) -> set[int]:
+    """Which of these program ids are goprof cpu's program, still loaded."""
+    return {p.id for p in loaded_programs() if p.name == PROGRAM and p.id in ids}
 
 
 def test_no_kernel_flag(cpusplit_plain, tmp_path):
@@ -226,13 +247,18 @@ def test_non_go_target_named_from_elf_symbols(tmp_path):
 
 
 def test_command_is_stopped_when_the_duration_ends(cpusplit_plain, tmp_path):
+    """cpusplit without -duration never ends: goprof stops it after 1 s. At 997 Hz the
+    profile holds the command's work even when a busy host leaves it little CPU (at 99
+    Hz, beside a Go build, one held 28 samples and none in main.gamma)."""
     out = tmp_path / "cpu.pb.gz"
     started = time.monotonic()
-    res = run_goprof("cpu", "-d", "1s", "-o", str(out), "--", str(cpusplit_plain.path),
-                     check=True, timeout=30)
-    assert time.monotonic() - started < 15
+    res = run_goprof("cpu", "-F", "997", "-d", "1s", "-o", str(out), "--",
+                     str(cpusplit_plain.path), check=True, timeout=60)
+    assert time.monotonic() - started < 30
     assert "duration reached" in res.stderr
-    assert flat_shares(read_pprof(out)).get("main.gamma", 0) > 0
+    prof = read_pprof(out)
+    assert prof.duration_nanos >= 900_000_000, prof.duration_nanos
+    assert flat_shares(prof).get("main.gamma", 0) > 0, others(prof)
 
 
 def others(prof) -> list[tuple[float, str]]:
