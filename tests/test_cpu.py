@@ -80,11 +80,17 @@ def test_cpu_split_matches_truth_and_runtime_pprof(cpusplit: gobuild.GoBinary, t
         share = 100 * grouped[name] / hot
         assert abs(share - truth) <= share_tolerance(truth, hot_samples, 3.0), \
             (name, share, hot_samples, grouped, others(prof))
-    # Compared the same way: each profiler's split among the hot functions.
+    # Compared the same way: each profiler's split among the hot functions. On a busy
+    # host runtime/pprof strays further from the truth (main.mix 7 points from goprof's
+    # beside a Go build, goprof within 3 of the truth): the 5 points grow by how far
+    # runtime/pprof's own split is from the truth in this run.
     hot_names = ("main.alpha", "main.beta", "main.gamma", "main.mix")
     mine_hot, go_hot = _among(mine, hot_names), _among(go, hot_names)
+    go_grouped = _grouped(go)
+    go_total = sum(go_grouped.values()) or 1.0
+    go_off = max(abs(100 * go_grouped[n] / go_total - t) for n, t in TRUTH.items())
     for name in hot_names:
-        assert abs(mine_hot[name] - go_hot[name]) <= 5.0, (name, mine, go)
+        assert abs(mine_hot[name] - go_hot[name]) <= 5.0 + go_off, (name, go_off, mine, go)
 
     # The inlined hot function is its own frame under its caller, as in runtime/pprof.
     assert any(names[:2] == ["main.mix", "main.gamma"] for names, _ in stacks(prof))
