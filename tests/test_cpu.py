@@ -192,7 +192,9 @@ def test_ctrl_c_writes_the_profile(cpusplit_plain, tmp_path):
 def test_target_exit_keeps_names(tmp_path):
     """The target exits long before the profile is symbolized: names still resolve."""
     binary = gobuild.build("cpusplit", "go1.26", "pie")
-    target = start([str(binary.path), "-duration", "2s"])
+    # Long enough for goprof to start on a busy host (it once took over 2 s), short
+    # enough that the target exits well before the run would end otherwise.
+    target = start([str(binary.path), "-duration", "6s"])
     wait_ready(target)
     out = tmp_path / "cpu.pb.gz"
     # 997 Hz: samples enough to name both however little CPU a busy host leaves it

@@ -19,7 +19,14 @@ import pytest
 
 from tests import gobuild
 from tests.conftest import requires_root
-from tests.helpers import flat_shares, goprof_command, read_pprof, stacks, wait_ready
+from tests.helpers import (
+    flat_shares,
+    goprof_command,
+    read_pprof,
+    share_tolerance,
+    stacks,
+    wait_ready,
+)
 from tests.test_mem import PKG, assert_close, site_shares, truth_shares, value_index
 
 pytestmark = requires_root
@@ -106,8 +113,11 @@ def test_cpu_names_samples_after_an_exec_from_the_new_binary(execer, variant, tm
                "gamma+mix": shares.get("main.gamma", 0.0) + shares.get("main.mix", 0.0)}
     hot = sum(grouped.values())
     assert hot > 40.0, shares
+    # A busy host leaves the target fewer samples: the bound widens with their count.
+    hot_samples = round(hot / 100 * sum(v for _, v in stacks(prof)))
     for name, truth in CPU_TRUTH.items():
-        assert abs(100 * grouped[name] / hot - truth) <= 5.0, (name, grouped)
+        assert abs(100 * grouped[name] / hot - truth) <= \
+            share_tolerance(truth, hot_samples, 5.0), (name, grouped, hot_samples)
     assert any(names[:2] == ["main.mix", "main.gamma"] for names, _ in stacks(prof))
     assert comm_of_leaf(prof, "main.alpha") == {"cpusplit"}
     assert comm_of_leaf(prof, "main.preExecWork") == {"execer"}
