@@ -1,10 +1,10 @@
 """Where the runtime keeps the fields goprof reads: struct offsets from the binary's
 DWARF, else from a table per Go minor version (binaries built with -ldflags=-w).
 
-The table is data: per Go minor version, (struct, field) -> Slot(offset, size). Reading
-one more runtime field means one more row in each version's table (and a property of
-RuntimeLayout for the readers); tests/test_golang_layouts.py checks every row against
-the DWARF of the toolchains the tests build.
+The table is data: one row per (struct, field), giving its Slot(offset, size) from the Go
+minor version where it takes effect. Reading one more runtime field means one more row
+(and a property of RuntimeLayout for the readers); tests/test_golang_layouts.py checks
+every row against the DWARF of the toolchains the tests build.
 """
 
 from __future__ import annotations
@@ -39,123 +39,39 @@ BUCKET, RECORD = "runtime.bucket", "runtime.memRecordCycle"
 # mcache.alloc: [numSpanClasses]*mspan, indexed by spanClass. mspan.nelems: uintptr up to
 # Go 1.21, uint16 from 1.22. bucket: the header (next, allnext, typ, hash, size, nstk);
 # the stack (nstk words) and the memRecord follow it.
-OFFSETS_BY_MINOR: dict[int, Mapping[Field, Slot]] = {
-    19: {
-        (MCACHE, "alloc"): Slot(40, None),
-        (MSPAN, "nelems"): Slot(56, 8),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    20: {
-        (MCACHE, "alloc"): Slot(40, None),
-        (MSPAN, "nelems"): Slot(56, 8),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    21: {
-        (MCACHE, "alloc"): Slot(40, None),
-        (MSPAN, "nelems"): Slot(56, 8),
-        (MSPAN, "allocCount"): Slot(104, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(110, 2),
-        (MSPAN, "elemsize"): Slot(112, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    22: {
-        (MCACHE, "alloc"): Slot(40, None),
-        (MSPAN, "nelems"): Slot(50, 2),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    23: {
-        (MCACHE, "alloc"): Slot(40, None),
-        (MSPAN, "nelems"): Slot(50, 2),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    24: {
-        (MCACHE, "alloc"): Slot(48, None),
-        (MSPAN, "nelems"): Slot(50, 2),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    25: {
-        (MCACHE, "alloc"): Slot(48, None),
-        (MSPAN, "nelems"): Slot(50, 2),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    26: {
-        (MCACHE, "alloc"): Slot(48, None),
-        (MSPAN, "nelems"): Slot(50, 2),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 32),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-        (RECORD, "alloc_bytes"): Slot(16, 8),
-        (RECORD, "free_bytes"): Slot(24, 8),
-    },
-    27: {
-        (MCACHE, "alloc"): Slot(48, None),
-        (MSPAN, "nelems"): Slot(50, 2),
-        (MSPAN, "allocCount"): Slot(96, 2),
-        (MSPAN, "allocCountBeforeCache"): Slot(102, 2),
-        (MSPAN, "elemsize"): Slot(104, 8),
-        (BUCKET, WHOLE): Slot(0, 48),
-        (RECORD, WHOLE): Slot(0, 16),
-        (RECORD, "allocs"): Slot(0, 8),
-        (RECORD, "frees"): Slot(8, 8),
-    },
+#
+# One row per (struct, field): the Go minor version from which each slot holds (until the
+# row's next entry; None: the field is gone from then on). A field read for a new feature
+# is one more row.
+FIRST_MINOR, LAST_MINOR = 19, 27
+ROWS: dict[Field, dict[int, Slot | None]] = {
+    (MCACHE, "alloc"): {19: Slot(40, None), 24: Slot(48, None)},
+    (MSPAN, "nelems"): {19: Slot(56, 8), 22: Slot(50, 2)},
+    (MSPAN, "allocCount"): {19: Slot(96, 2), 21: Slot(104, 2), 22: Slot(96, 2)},
+    (MSPAN, "allocCountBeforeCache"): {19: Slot(102, 2), 21: Slot(110, 2), 22: Slot(102, 2)},
+    (MSPAN, "elemsize"): {19: Slot(104, 8), 21: Slot(112, 8), 22: Slot(104, 8)},
+    (BUCKET, WHOLE): {19: Slot(0, 48)},
+    (RECORD, WHOLE): {19: Slot(0, 32), 27: Slot(0, 16)},
+    (RECORD, "allocs"): {19: Slot(0, 8)},
+    (RECORD, "frees"): {19: Slot(8, 8)},
+    (RECORD, "alloc_bytes"): {19: Slot(16, 8), 27: None},
+    (RECORD, "free_bytes"): {19: Slot(24, 8), 27: None},
 }
+
+
+def _rows_of(minor: int) -> dict[Field, Slot]:
+    """The table's rows as they hold in Go 1.<minor>."""
+    out = {}
+    for key, since in ROWS.items():
+        held = [slot for first, slot in sorted(since.items()) if first <= minor]
+        if held and held[-1] is not None:
+            out[key] = held[-1]
+    return out
+
+
+# The rows per Go minor version, as layouts and the DWARF check read them.
+OFFSETS_BY_MINOR: dict[int, Mapping[Field, Slot]] = {
+    minor: _rows_of(minor) for minor in range(FIRST_MINOR, LAST_MINOR + 1)}
 
 
 @dataclass(frozen=True)
