@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 from dataclasses import dataclass
 
 from goprof.errors import EnvironmentProblem, GoprofError, UsageError
@@ -137,7 +136,7 @@ class ExitWatch:
     """Which targets have exited, from their pidfds: a pidfd becomes readable when its
     process ends, so a loop can sleep in poll() until then, and a reused pid cannot fool
     it. Where pidfd_open is refused (kernels before 5.3), the pid is checked in /proc at
-    each `check()` instead."""
+    each `check()` instead (the loop wakes at least every tick)."""
 
     def __init__(self, pids: list[int]) -> None:
         self.fds: dict[int, int] = {}  # pidfd -> pid
@@ -155,12 +154,10 @@ class ExitWatch:
             self.polled.add(pid)
         self.live.add(pid)
 
-    def check(self, ready: set[int] | None = None) -> None:
-        """Drops the targets that exited: those whose pidfd is in `ready` (None: poll every
-        pidfd now) and those /proc says are gone or zombies."""
-        if ready is None:
-            ready = set(self.fds) & _readable(list(self.fds))
-        for fd in [fd for fd in self.fds if fd in ready]:
+    def check(self, exited: set[int]) -> None:
+        """Drops the targets that exited: those whose pidfd is in `exited` (poll() said
+        so), and those without a pidfd that /proc says are gone or zombies."""
+        for fd in exited & self.fds.keys():
             self.live.discard(self.fds.pop(fd))
             os.close(fd)
         for pid in [pid for pid in self.polled if not alive(pid)]:
@@ -172,9 +169,3 @@ class ExitWatch:
             os.close(fd)
         self.fds.clear()
 
-
-def _readable(fds: list[int]) -> set[int]:
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    return {fd for fd, _ in poller.poll(0)}

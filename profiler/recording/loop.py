@@ -76,8 +76,8 @@ class StopSignals:
 
 @dataclass
 class Recorded:
-    """What a recording gave: every window's samples, the counters added up, why it
-    ended and how long it ran."""
+    """What a recording gave: every window's samples, why it ended and how long it ran
+    (the counters are added to the `stats` the caller passed)."""
 
     samples: list
     ended_by: str
@@ -116,14 +116,12 @@ def record(recorder: Recorder, pids: list[int], stats: Any, *, duration: float |
                 exited = ready & exits.fds.keys()
                 for fd in exited:
                     poller.unregister(fd)
+                exits.check(exited)
                 if now >= next_tick:
                     on_tick()
                     next_tick = now + TICK_S
-                    exits.check(exited)  # and the targets without a pidfd
                     if progress.shown:
                         progress.update(now - started, recorder.samples_seen(), stats.lost)
-                elif exited:
-                    exits.check(exited)
                 if not exits.live:
                     ended_by = "every target exited"
                     break

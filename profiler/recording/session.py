@@ -41,7 +41,7 @@ from goprof.recording.loop import (
 )
 from goprof.recording.windows import ExecEvent
 from goprof.report import print_counters, print_top
-from goprof.symbolizer import BinaryCache, ProcessSymbolizer, SymbolizerError
+from goprof.symbolizer import BinaryCache, KernelSymbolizer, ProcessSymbolizer, SymbolizerError
 from goprof.targets import Target, check_privileges, target_for_pid
 from rich.console import Console
 
@@ -51,8 +51,7 @@ Rows = list[tuple[str, str]]
 @dataclass
 class RunResult:
     profile: Profile
-    stats: Any  # the kind's counters (None when nothing was recorded)
-    ended_by: str
+    collected: Any  # what the kind's collect() gave (a Recording for recording kinds)
     outputs: list[Path]
     targets: list[Target] = field(default_factory=list)
     exit_code: int = 0
@@ -84,9 +83,7 @@ class ProfileSession(ABC):
                                  self.images.comms)
         profile = self.build(collected, builder, targets)
         self.written = output_files.write_outputs(profile, self.outputs, self.kind, targets)
-        result = RunResult(profile, getattr(collected, "stats", None),
-                           getattr(collected, "ended_by", ""),
-                           [p for p, _ in self.written], targets)
+        result = RunResult(profile, collected, [p for p, _ in self.written], targets)
         shown = profile.default_sample_type
         print_top(self.console, profile, profile.value_index(shown) if shown else 0,
                   empty=self.empty_profile)
@@ -107,7 +104,7 @@ class ProfileSession(ABC):
     def collect(self, targets: list[Target]) -> Any:
         """The kind's data (`targets` may grow: `-- CMD`)."""
 
-    def kernel_symbolizer(self):
+    def kernel_symbolizer(self) -> KernelSymbolizer | None:
         """kallsyms, for kinds that keep kernel frames (read after collecting: it takes
         ~0.3 s, off the first sample's path)."""
         return None
@@ -252,7 +249,7 @@ class RecordingSession(ProfileSession):
         keeping what is loaded."""
         for sym in self.images.current():
             if sym.pid in live:
-                _refresh(sym)
+                _refresh_mappings(sym)
 
     # -- what every recording says -----------------------------------------------
     def summary_rows(self, collected: Recording, builder: ProfileBuilder) -> Rows:
@@ -290,7 +287,7 @@ class RecordingSession(ProfileSession):
         return {}
 
 
-def _refresh(sym: ProcessSymbolizer) -> None:
+def _refresh_mappings(sym: ProcessSymbolizer) -> None:
     try:
         sym.refresh()
     except SymbolizerError:

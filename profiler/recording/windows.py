@@ -38,7 +38,12 @@ class ExecEvent:
 
     @property
     def wall_time(self) -> float:
-        return time.time() - (time.monotonic_ns() - self.monotonic_ns) / 1e9
+        return wall_time_of(self.monotonic_ns)
+
+
+def wall_time_of(monotonic_ns: int) -> float:
+    """time.time() of a bpf_ktime_get_ns() stamp (CLOCK_MONOTONIC, as time.monotonic_ns())."""
+    return time.time() - (time.monotonic_ns() - monotonic_ns) / 1e9
 
 
 @dataclass

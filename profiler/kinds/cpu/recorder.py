@@ -159,14 +159,19 @@ class CpuRecorder(WindowedMaps):
         out.stats.user_stack_errors = totals[ERR_USER_STACK]
         out.stats.kernel_stack_errors = totals[ERR_KERNEL_STACK]
         out.stats.counts_full = totals[ERR_COUNTS_FULL]
-        missed = self.program_stats().get("recursion_misses", 0)
+        missed = self._program_info().recursion_misses
         out.stats.missed_runs = missed - self._missed_before
         self._missed_before = missed
         return out
 
-    def program_stats(self) -> dict[str, int]:
+    def _program_info(self) -> syscalls.ProgInfo:
         assert self.loaded is not None
-        info = syscalls.prog_info(self.loaded.programs[PROGRAM])
+        return syscalls.prog_info(self.loaded.programs[PROGRAM])
+
+    def program_stats(self) -> dict[str, int]:
+        """The program's run statistics, and when it first sampled a target (read once,
+        at the end of a run: a drain needs only the recursion misses)."""
+        info = self._program_info()
         return {"run_time_ns": info.run_time_ns, "run_cnt": info.run_cnt,
                 "recursion_misses": info.recursion_misses,
                 "first_sample_ns": self.first_sample_ns() or 0}

@@ -15,6 +15,7 @@ from goprof.kinds.cpu.recorder import CpuRecorder, Stats
 from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
 from goprof.recording.session import Recording, RecordingSession, Rows
+from goprof.recording.windows import wall_time_of
 from goprof.symbolizer import KernelSymbolizer, load_kernel_symbolizer
 from goprof.targets import Target
 from rich.console import Console
@@ -111,8 +112,7 @@ class CpuSession(RecordingSession):
             "user_frames": builder.stats.user_frames,
             "unnamed_user_frames": builder.stats.unnamed_user_frames,
             # Wall clock of the first sample, from the BPF program's own timestamp.
-            "first_sample_at": (time.time() - (time.monotonic_ns() - first_ns) / 1e9
-                                if first_ns else None),
+            "first_sample_at": wall_time_of(first_ns) if first_ns else None,
             "symbolize_s": self.symbolize_s,
             "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
             "bpf_from_cache": self.compiled_from_cache,
