@@ -30,6 +30,7 @@ class Slot(NamedTuple):
 WHOLE = ""
 MCACHE, MSPAN = "runtime.mcache", "runtime.mspan"
 BUCKET, RECORD = "runtime.bucket", "runtime.memRecordCycle"
+G, M = "runtime.g", "runtime.m"
 
 # From the DWARF of real builds (tests/test_golang_layouts.py checks the rows of the
 # versions the tests build). A size given for a member is one goprof's readers assume:
@@ -56,6 +57,15 @@ ROWS: dict[Field, dict[int, Slot | None]] = {
     (RECORD, "frees"): {19: Slot(8, 8)},
     (RECORD, "alloc_bytes"): {19: Slot(16, 8), 27: None},
     (RECORD, "free_bytes"): {19: Slot(24, 8), 27: None},
+    # What the BPF programs read to label a sample: the thread's g -> g.m -> m.curg (the
+    # user goroutine) -> its goid and labels (a map[string]string up to Go 1.23, a
+    # *labelMap, a sorted slice of key/value pairs, from 1.24). The older rows are
+    # otel-ebpf-profiler's and the notes' (../shared/GO-PROFILING-NOTES.md).
+    (G, "m"): {19: Slot(48, 8)},
+    (G, "goid"): {19: Slot(152, 8), 23: Slot(160, 8), 25: Slot(152, 8)},
+    (G, "labels"): {19: Slot(360, 8), 21: Slot(344, 8), 23: Slot(352, 8), 25: Slot(344, 8),
+                    26: Slot(352, 8)},
+    (M, "curg"): {19: Slot(192, 8), 25: Slot(184, 8)},
 }
 
 
@@ -88,6 +98,10 @@ class RuntimeLayout:
     bucket_size: int  # the bucket header; the stack (nstk words) and the record follow
     mem_record_cycle_size: int
     mem_record_cycle_fields: tuple[str, ...]  # uintptr fields, in order
+    g_m: int  # *m: the thread running the goroutine
+    g_goid: int
+    g_labels: int  # unsafe.Pointer: map[string]string (<= 1.23) or *labelMap (1.24+)
+    m_curg: int  # *g: the user goroutine the thread runs (0: none)
     source: str  # "dwarf" or "table"
 
 
@@ -143,6 +157,10 @@ def _layout(go_version: str | None, rows: Mapping[Field, Slot], source: str) -> 
         bucket_size=size((BUCKET, WHOLE)),
         mem_record_cycle_size=size((RECORD, WHOLE)),
         mem_record_cycle_fields=tuple(m for s, m in rows if s == RECORD and m != WHOLE),
+        g_m=rows[(G, "m")].offset,
+        g_goid=rows[(G, "goid")].offset,
+        g_labels=rows[(G, "labels")].offset,
+        m_curg=rows[(M, "curg")].offset,
         source=source)
 
 
