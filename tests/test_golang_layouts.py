@@ -38,6 +38,8 @@ def dwarf_structs(path: Path) -> dict[str, dict]:
                 members = {}
                 for m in die.iter_children():
                     t = m.get_DIE_from_attribute("DW_AT_type")
+                    while t.tag == "DW_TAG_typedef":  # g.stack, g.atomicstatus: named types
+                        t = t.get_DIE_from_attribute("DW_AT_type")
                     size = t.attributes.get("DW_AT_byte_size")
                     if size is None and t.tag == "DW_TAG_pointer_type":  # Go gives none
                         size = t.cu.structs.address_size
@@ -121,3 +123,22 @@ def test_unknown_version_without_dwarf_is_a_clear_error(tmp_path, minor):
     normal = with_go_version(build("go1.26", "normal"), tmp_path / "normal", minor)
     layout = runtime_layout(normal)
     assert layout.source == "dwarf" and layout.go_version.startswith(f"go1.{minor}.")
+
+
+@pytest.mark.parametrize("toolchain", TOOLCHAINS)
+def test_goroutine_layout_from_dwarf_equals_the_table(toolchain):
+    """`goprof goroutines` reads g.sched, g.syscall*, atomicstatus, waitreason...: the same
+    offsets from DWARF and, for stripped builds, from the table."""
+    from goprof.golang.layouts import goroutine_layout
+
+    path = build(toolchain, "normal")
+    got = goroutine_layout(load_binary(str(path)), path=str(path))
+    assert got.source == "dwarf"
+    g = dwarf_structs(path)["runtime.g"]
+    assert got.g_size == g["size"]
+    assert (got.goid, got.atomicstatus, got.waitreason) == (
+        g["members"]["goid"][0], g["members"]["atomicstatus"][0], g["members"]["waitreason"][0])
+    for variant in STRIPPED_VARIANTS:
+        stripped = build(toolchain, variant)
+        assert goroutine_layout(load_binary(str(stripped)), path=str(stripped)) == \
+            dataclasses.replace(got, source="table")

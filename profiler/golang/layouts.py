@@ -31,6 +31,7 @@ WHOLE = ""
 MCACHE, MSPAN = "runtime.mcache", "runtime.mspan"
 BUCKET, RECORD = "runtime.bucket", "runtime.memRecordCycle"
 G, M = "runtime.g", "runtime.m"
+GOBUF = "runtime.gobuf"
 
 # From the DWARF of real builds (tests/test_golang_layouts.py checks the rows of the
 # versions the tests build). A size given for a member is one goprof's readers assume:
@@ -66,6 +67,26 @@ ROWS: dict[Field, dict[int, Slot | None]] = {
     (G, "labels"): {19: Slot(360, 8), 21: Slot(344, 8), 23: Slot(352, 8), 25: Slot(344, 8),
                     26: Slot(352, 8)},
     (M, "curg"): {19: Slot(192, 8), 25: Slot(184, 8)},
+    # What `goprof goroutines` reads of every g (goroutines.py). Only the versions whose
+    # DWARF was checked here (1.26.8, 1.27.3) have rows: a stripped binary of another
+    # version is "unsupported" for goroutines (its DWARF, when it has some, still works),
+    # never read with a guessed offset.
+    (G, WHOLE): {26: Slot(0, 456)},
+    (G, "stack"): {26: Slot(0, 16)},  # stack{lo, hi}
+    (G, "sched"): {26: Slot(56, 48)},  # gobuf: the saved context of a g not running
+    (G, "syscallsp"): {26: Slot(104, 8)},
+    (G, "syscallpc"): {26: Slot(112, 8)},
+    (G, "syscallbp"): {26: Slot(120, 8)},
+    (G, "atomicstatus"): {26: Slot(144, 4)},
+    (G, "waitsince"): {26: Slot(168, 8)},
+    (G, "waitreason"): {26: Slot(176, 1)},
+    (G, "lockedm"): {26: Slot(208, 8)},
+    (G, "parentGoid"): {26: Slot(280, 8)},
+    (G, "gopc"): {26: Slot(288, 8)},
+    (G, "startpc"): {26: Slot(304, 8)},
+    (GOBUF, "sp"): {26: Slot(0, 8)},
+    (GOBUF, "pc"): {26: Slot(8, 8)},
+    (GOBUF, "bp"): {26: Slot(40, 8)},
 }
 
 
@@ -103,6 +124,74 @@ class RuntimeLayout:
     g_labels: int  # unsafe.Pointer: map[string]string (<= 1.23) or *labelMap (1.24+)
     m_curg: int  # *g: the user goroutine the thread runs (0: none)
     source: str  # "dwarf" or "table"
+
+
+@dataclass(frozen=True)
+class GoroutineLayout:
+    """Offsets (bytes) in runtime.g of what `goprof goroutines` reads."""
+
+    g_size: int
+    stack_lo: int  # g.stack.lo; hi follows it
+    sched_sp: int  # g.sched.sp, .pc, .bp (g.sched + gobuf's own offsets)
+    sched_pc: int
+    sched_bp: int
+    syscallsp: int
+    syscallpc: int
+    syscallbp: int | None  # absent before Go 1.23: only the frame-pointer fallback needs it
+    atomicstatus: int  # uint32
+    goid: int
+    waitsince: int  # int64, nanotime()
+    waitreason: int  # uint8
+    lockedm: int
+    parent_goid: int
+    gopc: int
+    startpc: int
+    labels: int
+    source: str
+
+
+GOROUTINE_FIELDS = ("stack", "sched", "syscallsp", "syscallpc", "atomicstatus", "goid",
+                    "waitsince", "waitreason", "lockedm", "parentGoid", "gopc", "startpc",
+                    "labels")
+
+
+@guarded
+def goroutine_layout(binary: BinaryLike, *, path: str | None = None) -> GoroutineLayout:
+    """runtime.g's fields for `goprof goroutines`: from DWARF when the binary has it,
+    else from the table (Go 1.26 and 1.27 only). UnsupportedGo otherwise."""
+    b = as_binary(binary)
+    path = path or b.path
+    if b.pclntab is None and b.go_version is None:
+        raise SymbolizerError(f"{path}: not a Go program (no pclntab, no Go build info)")
+    rows = _dwarf_rows(path)
+    source = "dwarf"
+    if rows is None:
+        minor = go_minor(b.go_version)
+        rows = dict(OFFSETS_BY_MINOR.get(minor, {})) if minor is not None else {}
+        source = "table"
+    missing = [f for f in GOROUTINE_FIELDS if (G, f) not in rows]
+    missing += [f"gobuf.{f}" for f in ("sp", "pc", "bp") if (GOBUF, f) not in rows]
+    if (G, WHOLE) not in rows or missing:
+        where = "its DWARF" if source == "dwarf" else "goprof's table (Go 1.26 and 1.27)"
+        raise UnsupportedGo(
+            f"{path}: Go version {b.go_version or 'unknown'}: runtime.g's layout is not in "
+            f"{where} (missing: {', '.join(missing) or 'the struct'}); goroutines can be read "
+            "from binaries of Go 1.26 and 1.27, or of any version built with DWARF (without "
+            "-ldflags=-w)")
+
+    def at(field: str, sub: str | None = None) -> int:
+        base = rows[(G, field)].offset
+        return base + rows[(GOBUF, sub)].offset if sub else base
+
+    syscallbp = rows.get((G, "syscallbp"))
+    return GoroutineLayout(
+        g_size=rows[(G, WHOLE)].size or 0, stack_lo=at("stack"),
+        sched_sp=at("sched", "sp"), sched_pc=at("sched", "pc"), sched_bp=at("sched", "bp"),
+        syscallsp=at("syscallsp"), syscallpc=at("syscallpc"),
+        syscallbp=syscallbp.offset if syscallbp else None,
+        atomicstatus=at("atomicstatus"), goid=at("goid"), waitsince=at("waitsince"),
+        waitreason=at("waitreason"), lockedm=at("lockedm"), parent_goid=at("parentGoid"),
+        gopc=at("gopc"), startpc=at("startpc"), labels=at("labels"), source=source)
 
 
 def supported_minors() -> tuple[int, int]:
