@@ -1,4 +1,5 @@
-"""Runtime variables (runtime.MemProfileRate, runtime.mbuckets, runtime.mProfCycle):
+"""Runtime variables (runtime.MemProfileRate, runtime.mbuckets, runtime.mProfCycle,
+runtime.allgs, runtime.allglen):
 from .symtab, else (stripped binaries) found through the RIP-relative operands of the
 runtime functions that use them, and validated (their section, their static value,
 the other functions that use them). Addresses are ELF virtual addresses."""
@@ -173,8 +174,37 @@ def _find_mprof_cycle(code: _Code) -> int | None:
     return _unique_variable(code, common, "bss", 4)
 
 
+def _find_allgs(code: _Code) -> int | None:
+    """runtime.allgs ([]*g): the slice header (ptr, len, cap: three words) that allgadd
+    appends to (loads and stores all three words) and forEachG ranges over (loads ptr
+    and len). Zero-filled, aligned, a pointer slice (.bss)."""
+    add = code.refs("runtime.allgadd")
+    each = code.refs("runtime.forEachG")
+    if add is None or each is None:
+        return None
+    both = _targets(add, ("load",), 8) & _targets(add, ("store",), 8)
+    ranged = _targets(each, ("load",), 8)
+    heads = {a for a in both & ranged if a + 8 in both & ranged and a + 16 in both}
+    return _unique_variable(code, heads, "bss", 8)
+
+
+def _find_allglen(code: _Code) -> int | None:
+    """runtime.allglen (uintptr): allgadd stores it atomically (LEA, then XCHG through the
+    register) and forEachGRace loads it; allgptr, the other word both use, is the one
+    allgadd compares (`&allgs[0] != allgptr`)."""
+    add = code.refs("runtime.allgadd")
+    race = code.refs("runtime.forEachGRace")
+    if add is None or race is None:
+        return None
+    candidates = (_targets(add, ("lea",), None) & _targets(race, ("load",), 8)) \
+        - _targets(add, ("cmp",), 8)
+    return _unique_variable(code, candidates, "bss", 8)
+
+
 GLOBAL_HEURISTICS = {
     "runtime.MemProfileRate": _find_mem_profile_rate,
     "runtime.mbuckets": _find_mbuckets,
     "runtime.mProfCycle": _find_mprof_cycle,
+    "runtime.allgs": _find_allgs,
+    "runtime.allglen": _find_allglen,
 }
