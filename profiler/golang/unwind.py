@@ -1,0 +1,116 @@
+"""Unwinding a parked goroutine's stack from outside, as the runtime's own traceback does
+on amd64: from a saved (pc, sp, bp), the frame's size at pc comes from the pclntab's
+pcsp table; the return address is at sp + size, the caller's sp just above it. Frames
+stop at runtime.goexit (the base of every goroutine) or at the stack's end. Where the
+pcsp table is unreadable (no Go function, a damaged record) the frame-pointer chain is
+followed instead (Go keeps frame pointers on amd64), and counted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from goprof.symbolizer.binary import BinarySymbols
+from goprof.symbolizer.errors import DATA_ERRORS, SymbolizerError
+
+MAX_FRAMES = 1024  # the runtime's own traceback prints at most 100; pprof keeps 128+
+# abi.FuncIDWrapper per Go minor (internal/abi/symtab.go of 1.26.8 and 1.27.3): the
+# runtime leaves wrappers (the `go` statement's gowrapN, method wrappers) out of
+# tracebacks and profiles. Other versions: by the gowrap name alone.
+FUNC_ID_WRAPPER = {26: 23, 27: 23}
+TOP_FUNCTIONS = frozenset(("runtime.goexit", "runtime.mstart", "runtime.rt0_go",
+                           "runtime.mcall", "runtime.morestack"))
+
+
+@dataclass(frozen=True, slots=True)
+class PcInfo:
+    spdelta: int | None  # frame size at pc (without the return address); None: unknown
+    entry: int | None  # runtime address of the function's entry
+    top: bool  # a function where stacks end (runtime.goexit)
+    wrapper: bool = False  # left out of stacks, as the runtime does
+
+
+@dataclass(slots=True)
+class Unwound:
+    pcs: tuple[int, ...]  # resumption pc, then return addresses (runtime addresses)
+    lookups: tuple[int, ...]  # where each is named: pc - 1 (the call), or pc at an entry
+    fp_frames: int  # frames found through the frame-pointer chain
+    complete: bool  # ended at runtime.goexit (or another top function)
+
+
+class Unwinder:
+    """Per binary: pc -> frame facts, cached (stacks share most of their pcs)."""
+
+    def __init__(self, binary: BinarySymbols, bias: int, go_minor: int | None) -> None:
+        self.pclntab = binary.pclntab
+        self.wrapper_id = FUNC_ID_WRAPPER.get(go_minor or 0)
+        self.bias = bias  # runtime address - ELF vaddr
+        self._info: dict[int, PcInfo] = {}
+
+    def info(self, pc: int) -> PcInfo:
+        got = self._info.get(pc)
+        if got is None:
+            got = self._info[pc] = self._read_info(pc)
+        return got
+
+    def _read_info(self, pc: int) -> PcInfo:
+        t = self.pclntab
+        if t is None:
+            return PcInfo(None, None, False)
+        vaddr = pc - self.bias
+        i = t.func_index(vaddr)
+        if i is None:
+            return PcInfo(None, None, False)
+        entry = t.text + t.entries[i]
+        try:
+            name = t.name(t.func(i).name_off)
+            wrapper = self._is_wrapper(i, name)
+        except (SymbolizerError, *DATA_ERRORS):
+            name, wrapper = "", False
+        return PcInfo(t.spdelta(vaddr), entry + self.bias, name in TOP_FUNCTIONS, wrapper)
+
+    def _is_wrapper(self, i: int, name: str) -> bool:
+        t = self.pclntab
+        assert t is not None
+        if self.wrapper_id is None:
+            return ".gowrap" in name.rsplit("/", 1)[-1]
+        fields = t.func_struct.unpack_from(t.data, t.pcln_off + t.funcoffs[i])
+        func_id = fields[10] if t.version == 120 else fields[9]
+        return func_id == self.wrapper_id
+
+    def unwind(self, stack: bytes, base: int, pc: int, sp: int, bp: int) -> Unwound:
+        """stack: the goroutine's memory from `base` (its sp) to the top of its stack."""
+        end = base + len(stack)
+        pcs: list[int] = []
+        lookups: list[int] = []
+        fp_frames = 0
+        complete = False
+
+        def word(addr: int) -> int | None:
+            if base <= addr and addr + 8 <= end:
+                return int.from_bytes(stack[addr - base:addr - base + 8], "little")
+            return None
+
+        for _ in range(MAX_FRAMES):
+            info = self.info(pc)
+            if not info.wrapper:
+                pcs.append(pc)
+                lookups.append(pc if info.entry == pc else pc - 1)
+            if info.top:
+                complete = True
+                break
+            if info.spdelta is not None and info.spdelta >= 0:
+                fp = sp + info.spdelta + 8
+                ret = word(fp - 8)
+                if info.spdelta > 0:  # the function pushed the caller's BP below its return
+                    saved = word(fp - 16)
+                    bp = saved if saved is not None else 0
+                sp = fp
+            else:
+                if not (sp <= bp and bp + 16 <= end):
+                    break
+                ret, sp, bp = word(bp + 8), bp + 16, word(bp) or 0
+                fp_frames += 1
+            if not ret:
+                break
+            pc = ret
+        return Unwound(tuple(pcs), tuple(lookups), fp_frames, complete)
