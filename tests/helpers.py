@@ -146,3 +146,20 @@ def go_tool_pprof(*args: str) -> str:
                          timeout=120)
     assert res.returncode == 0, f"go tool pprof {' '.join(args)} failed:\n{res.stderr}"
     return res.stdout
+
+
+def sample_labels(prof: profile_pb2.Profile, sample) -> dict[str, str | int]:
+    """A sample's labels, key -> value: a string label's text, a numeric label's number.
+    A label with neither (str index 0, num 0) is a string label with an empty value: the
+    way runtime/pprof writes pprof.Labels("k", "")."""
+    strings = prof.string_table
+    out: dict[str, str | int] = {}
+    for lb in sample.label:
+        out[strings[lb.key]] = strings[lb.str] if lb.str or not lb.num else lb.num
+    return out
+
+
+def sample_functions(prof: profile_pb2.Profile) -> list[list[str]]:
+    """Every sample's function names, leaf first, inlined frames expanded, in
+    prof.sample's order (stacks() without the counts, to zip with the samples)."""
+    return [names for names, _ in stacks(prof)]
