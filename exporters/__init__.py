@@ -29,12 +29,17 @@ class Exporter(Protocol):
 def _registry() -> dict[str, Exporter]:
     # Imported here so `import goprof.exporters` stays cheap for code that only wants
     # the names (the CLI's --help), and pprof's protobuf import happens on first use.
-    from goprof.exporters import folded, pprof, speedscope
+    from goprof.exporters import folded, goroutine_grouped, goroutine_text, pprof, speedscope
 
-    return {e.name: e for e in (pprof.EXPORTER, folded.EXPORTER, speedscope.EXPORTER)}
+    return {e.name: e for e in (pprof.EXPORTER, folded.EXPORTER, speedscope.EXPORTER,
+                                goroutine_text.EXPORTER, goroutine_grouped.EXPORTER)}
 
 
 FORMATS: tuple[str, ...] = ("pprof", "folded", "speedscope")
+# `goprof goroutines` also writes the runtime's own text dumps: "text" (?debug=2, one
+# block per goroutine) and "grouped" (?debug=1). They claim no file suffix here, so a
+# profile of another kind never picks them by name; that command maps its own.
+GOROUTINE_FORMATS: tuple[str, ...] = (*FORMATS, "text", "grouped")
 
 
 def get_exporter(name: str) -> Exporter:
@@ -79,5 +84,5 @@ def profile_suffixes() -> tuple[str, ...]:
     return tuple(sorted(found, key=lambda s: (-len(s), s)))
 
 
-__all__ = ["FORMATS", "Exporter", "exporter_for_path", "get_exporter", "profile_suffixes",
-           "written_suffixes"]
+__all__ = ["FORMATS", "GOROUTINE_FORMATS", "Exporter", "exporter_for_path", "get_exporter",
+           "profile_suffixes", "written_suffixes"]

@@ -7,11 +7,11 @@ import sys
 
 from goprof import __version__
 from goprof.argv import attach_negative_values
-from goprof.commands import agent, cpu, doctor, heap, mem, prune, reset
+from goprof.commands import agent, cpu, doctor, goroutines, heap, mem, prune, reset
 from goprof.errors import GoprofError
 from rich.console import Console
 
-SUBCOMMANDS = (cpu, mem, heap, agent, prune, doctor, reset)
+SUBCOMMANDS = (cpu, mem, heap, goroutines, agent, prune, doctor, reset)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""`goprof goroutines`: every goroutine of a running Go program, read from its memory."""
