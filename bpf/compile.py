@@ -12,6 +12,7 @@ import base64
 import ctypes
 import json
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def compile_source(source: Path, functions: list[str]) -> dict:
     from bcc.libbcc import lib
 
     lib.bpf_table_name.restype = ctypes.c_char_p
-    bpf = BPF(src_file=str(source).encode())
+    bpf = BPF(text=inline_includes(source).encode())
     maps = []
     for i in range(lib.bpf_num_tables(bpf.module)):
         name = lib.bpf_table_name(bpf.module, i)
@@ -45,6 +46,26 @@ def compile_source(source: Path, functions: list[str]) -> dict:
                 raise SystemExit(f"{fn}: instruction {i // 8} loads an unknown map fd {imm}")
         programs[fn] = base64.b64encode(code).decode()
     return {"maps": maps, "programs": programs, "license": "GPL"}
+
+
+def inline_includes(source: Path) -> str:
+    """The source with each `#include "x.h"` of its own folder replaced by that file.
+    bcc rewrites map calls (`stacks0.lookup(...)`) only in the main file: code that
+    uses maps in a header would reach the kernel as calls it refuses."""
+    lines = []
+    for line in source.read_text().splitlines():
+        m = _LOCAL_INCLUDE.match(line)
+        if m:
+            header = source.parent / m.group(1)
+            lines.append(f"// ---- {header.name} ----")
+            lines.extend(inline_includes(header).splitlines())
+            lines.append(f"// ---- end of {header.name} ----")
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#include\s+"([\w.-]+)"\s*$')
 
 
 def _map_spec(name: bytes | str, table) -> dict:

@@ -24,25 +24,32 @@
 // applied to the new one.
 //
 // Allocations are counted in the kernel by (pid, user stack, word at the stack
-// pointer, size), in two window sets as in cpu.c. Map sizes below are
+// pointer, size, labels, goroutine), in two window sets as in cpu.c. Stacks are
+// hashed (stacks.h); labels are the allocating goroutine's (golabels.h: R14 holds
+// g at every probe, which sits in Go code). Map sizes below are
 // placeholders: user space creates the maps with its own sizes.
 
 #include <uapi/linux/ptrace.h>
 
+#include "stacks.h"
+#include "golabels.h"
+
 #define CONFIG_WINDOW 0   // which of the two windows (0/1) counts go to
+#define CONFIG_WANT_GOID 2   // 1: put the goroutine id in the key
 
 // errors[] slots: per-CPU counters, summed by user space.
 #define ERR_HITS 0            // probe hits in target processes
-#define ERR_COLLISION 1       // bpf_get_stackid -EEXIST: bucket taken by another stack
-#define ERR_STACK 2           // any other stack failure
+#define ERR_STACKS_FULL 1     // the stack map had no room for a new stack
+#define ERR_STACK 2           // no stack to take
 #define ERR_COUNTS_FULL 3     // the counts map had no room: the event is lost
 #define ERR_MORESTACK 4       // hits skipped: the stack grows and the function restarts
 #define ERR_READ 5            // runtime structures that could not be read (span method)
 #define ERR_EXEC_PENDING 6    // hits in a target that exec'd, before user space re-read it
+#define ERR_LABELS_UNREAD 7   // events whose goroutine's labels could not be read
+#define ERR_LABELS_CAPPED 8   // events whose labels were cut (golabels.h's caps)
 #define ERR_SAMPLED 9         // events counted with a stack
+#define ERR_LABELS_FULL 10    // events whose new label set found the label map full
 #define ERR_SLOTS 16
-
-#define EEXIST 17
 #define THRESHOLDS 1024       // size of the table of exponential draws
 #define PAGE_SHIFT_GO 13      // Go's heap pages are 8 KiB
 #define FLAGS_CF_ZF 0x41      // JBE is taken when CF or ZF is set
@@ -57,6 +64,7 @@ struct target_info {
     u32 span_alloc_count;     // offsetof(mspan, allocCount), uint16
     u32 generation;           // execs seen since the target was added
     u32 ready;                // 0 from an exec until user space gives the new offsets
+    struct go_info go;        // labels: offsets of its Go version (tls_g unused: R14 is g)
 };
 
 // Span method, per CPU: one lookup a hit (these programs run ~100k times a second
@@ -70,11 +78,14 @@ struct span_state {
 
 struct alloc_key {
     u32 pid;
-    s32 user_stack;
+    u32 pad0;
+    u64 user_stack;           // hash in stacksN (stacks.h); 0: none
     // The word at the stack pointer: the probed function has not pushed its frame
     // yet, so the frame-pointer walk skips its caller; this is its return address.
     u64 leaf_ret;
     u64 size;                 // sampled/exact: object size; span: bytes of the event
+    u64 labels;               // fingerprint of the goroutine's label set in labelsN; 0: none
+    u64 goid;                 // the goroutine's id when CONFIG_WANT_GOID, else 0
     u32 generation;           // the target's generation (see on_exec)
     u32 pad;
 };
@@ -97,8 +108,6 @@ BPF_ARRAY(config, u32, 4);
 BPF_PERCPU_ARRAY(errors, u64, ERR_SLOTS);
 BPF_ARRAY(thresholds, u64, THRESHOLDS);   // exponential draws in bytes, from user space
 BPF_PERCPU_ARRAY(span_states, struct span_state, 1);
-BPF_STACK_TRACE(stacks0, 1024);
-BPF_STACK_TRACE(stacks1, 1024);
 BPF_HASH(counts0, struct alloc_key, struct alloc_value, 1024);
 BPF_HASH(counts1, struct alloc_key, struct alloc_value, 1024);
 
@@ -132,24 +141,34 @@ static inline void add_value(struct alloc_value *v, u64 objects, u64 bytes) {
     __sync_fetch_and_add(&v->bytes, bytes);
 }
 
-static inline void record(struct pt_regs *ctx, u32 pid, u32 generation, u64 size,
+static inline void record(struct pt_regs *ctx, u32 pid, struct target_info *info, u64 size,
                           u64 objects, u64 bytes) {
     int slot = CONFIG_WINDOW;
     u32 *window_slot = config.lookup(&slot);
-    if (!window_slot)
+    slot = CONFIG_WANT_GOID;
+    u32 *want_goid = config.lookup(&slot);
+    if (!window_slot || !want_goid)
         return;
     u32 window = *window_slot & 1;
 
     struct alloc_key key = {};
     key.pid = pid;
-    key.generation = generation;
+    key.generation = info->generation;
     key.size = size;
     bpf_probe_read_user(&key.leaf_ret, sizeof(key.leaf_ret), (void *)ctx->sp);
-    key.user_stack = window ? stacks1.get_stackid(ctx, BPF_F_USER_STACK)
-                            : stacks0.get_stackid(ctx, BPF_F_USER_STACK);
-    if (key.user_stack < 0)
-        count_error(key.user_stack == -EEXIST ? ERR_COLLISION : ERR_STACK, 1);
+    int status = STACK_OK;
+    key.user_stack = take_stack(ctx, window, BPF_F_USER_STACK, &status);
+    if (status != STACK_OK)
+        count_error(status == STACK_FULL ? ERR_STACKS_FULL : ERR_STACK, 1);
     count_error(ERR_SAMPLED, 1);
+    int lstatus = 0;
+    key.labels = read_labels(ctx->r14, &info->go, window, *want_goid, &key.goid, &lstatus);
+    if (lstatus & LABELS_UNREAD)
+        count_error(ERR_LABELS_UNREAD, 1);
+    if (lstatus & LABELS_CAPPED)
+        count_error(ERR_LABELS_CAPPED, 1);
+    if (lstatus & LABELS_FULL)
+        count_error(ERR_LABELS_FULL, 1);
 
     struct alloc_value *v = window ? counts1.lookup(&key) : counts0.lookup(&key);
     if (v) {
@@ -177,8 +196,8 @@ static inline s64 draw_threshold(void) {
 // Span method: every event is added to the exact totals; a stack is taken when
 // the bytes since the last one cross a fresh exponential threshold, as Go's own
 // sampler does per allocation (so P(sampled) = 1 - exp(-bytes/rate)).
-static inline void span_event(struct pt_regs *ctx, u32 pid, u32 generation, u64 bytes,
-                              u64 objects) {
+static inline void span_event(struct pt_regs *ctx, u32 pid, struct target_info *info,
+                              u64 bytes, u64 objects) {
     int zero = 0;
     struct span_state *st = span_states.lookup(&zero);
     if (!st)
@@ -195,7 +214,7 @@ static inline void span_event(struct pt_regs *ctx, u32 pid, u32 generation, u64 
         return;
     }
     st->until_sample = draw_threshold();
-    record(ctx, pid, generation, bytes, objects, bytes);
+    record(ctx, pid, info, bytes, objects, bytes);
 }
 
 int on_sampled_alloc(struct pt_regs *ctx) {
@@ -204,7 +223,7 @@ int on_sampled_alloc(struct pt_regs *ctx) {
     if (!pid)
         return 0;
     u64 size = ctx->cx;
-    record(ctx, pid, info->generation, size, 1, size);
+    record(ctx, pid, info, size, 1, size);
     return 0;
 }
 
@@ -214,7 +233,7 @@ int on_malloc(struct pt_regs *ctx) {
     if (!pid)
         return 0;
     u64 size = ctx->ax;
-    record(ctx, pid, info->generation, size, 1, size);
+    record(ctx, pid, info, size, 1, size);
     return 0;
 }
 
@@ -241,7 +260,7 @@ int on_refill(struct pt_regs *ctx) {
     if (alloc_count <= before)
         return 0;   // the empty placeholder span, or nothing handed out
     u64 objects = alloc_count - before;
-    span_event(ctx, pid, info->generation, objects * elemsize, objects);
+    span_event(ctx, pid, info, objects * elemsize, objects);
     return 0;
 }
 
@@ -253,7 +272,7 @@ int on_alloc_large(struct pt_regs *ctx) {
     // A large object gets whole 8 KiB pages.
     u64 size = ctx->bx;
     u64 pages = (size + (1 << PAGE_SHIFT_GO) - 1) >> PAGE_SHIFT_GO;
-    span_event(ctx, pid, info->generation, pages << PAGE_SHIFT_GO, 1);
+    span_event(ctx, pid, info, pages << PAGE_SHIFT_GO, 1);
     return 0;
 }
 

@@ -96,7 +96,10 @@ def _bcc_version() -> str:
 
 def cache_key(source_name: str, functions: list[str]) -> str:
     h = hashlib.sha256()
-    h.update(source_path(source_name).read_bytes())
+    source = source_path(source_name)
+    h.update(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # what the programs #include
+        h.update(b"\0" + header.name.encode() + b"\0" + header.read_bytes())
     for part in (os.uname().release, os.uname().version, _headers_identity(), _bcc_version(),
                  ",".join(functions)):
         h.update(b"\0" + part.encode())

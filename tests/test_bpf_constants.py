@@ -15,9 +15,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from goprof.bpf.compile import inline_includes
 from goprof.kinds.cpu import recorder as cpu_recorder
 from goprof.kinds.mem import recorder as mem_recorder
-from goprof.recording import windows
+from goprof.recording import labels, windows
 
 from tests.helpers import REPO
 
@@ -74,12 +75,11 @@ def parse_c(name: str, text: str) -> CSource:
             decl = " ".join(decl.split())
             if not decl:
                 continue
-            f = re.fullmatch(r"((?:struct\s+)?\w+(?:\s*\*)?)\s*(\w+)\s*(?:\[\s*(\w+)\s*\])?",
-                             decl)
+            f = re.fullmatch(r"((?:struct\s+)?\w+(?:\s*\*)?)\s*(\w+)\s*"
+                             r"(?:\[\s*([\w\s+*]+?)\s*\])?", decl)
             assert f, f"{name}: struct {m.group(1)}: cannot read the field {decl!r}"
             count = f.group(3)
-            n = 1 if count is None else (int(count, 0) if count[0].isdigit()
-                                         else defines[count])
+            n = 1 if count is None else _array_length(count, defines)
             fields.append((f.group(1).replace(" ", ""), f.group(2), n))
         structs[m.group(1)] = fields
     maps = {}
@@ -88,6 +88,18 @@ def parse_c(name: str, text: str) -> CSource:
         maps[args[0]] = (m.group(1), args[1:])
     programs = set(re.findall(r"^int\s+(\w+)\s*\(", text, re.M))
     return CSource(name, defines, structs, maps, programs)
+
+
+def _array_length(expr: str, defines: dict[str, int]) -> int:
+    """An array length: numbers and #defines, added or multiplied (MAX_LABELS * 64)."""
+    total = 0
+    for term in expr.split("+"):
+        product = 1
+        for factor in term.split("*"):
+            factor = factor.strip()
+            product *= int(factor, 0) if factor[0].isdigit() else defines[factor]
+        total += product
+    return total
 
 
 def c_layout(src: CSource, ctype: str) -> tuple[list[Field], int, int]:
@@ -121,6 +133,10 @@ def py_layout(fmt: struct.Struct | str) -> tuple[list[Field], int]:
     for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt[1:]):
         n = int(count or 1)
         if code == "x":
+            offset += n
+            continue
+        if code == "s":  # n bytes: a u8 array
+            fields += [(offset + i, 1, False) for i in range(n)]
             offset += n
             continue
         size, signed = PY_CODES[code]
@@ -162,7 +178,8 @@ def map_size(src: CSource, name: str) -> int:
 # --- what each C file is read by --------------------------------------------------------
 
 def source(name: str) -> CSource:
-    return parse_c(name, (BPF / name).read_text())
+    """The C file as bcc compiles it: its headers (stacks.h, golabels.h) inlined."""
+    return parse_c(name, inline_includes(BPF / name))
 
 
 @dataclass(frozen=True)
@@ -179,20 +196,31 @@ class Reader:
 
 # Formats Python writes inline (struct.pack/unpack literals, not a named constant):
 # "<I" for a u32 key or config value, "<Q" for a u64 count, error counter or time.
-CPU = Reader("cpu.c", (cpu_recorder, windows), (), (
+# What both files share through stacks.h and golabels.h.
+LABEL_DEFINES = ("MAX_LABELS", "LABEL_KEY_MAX", "LABEL_VALUE_MAX", "LABELS_NONE", "LABELS_MAP",
+                 "LABELS_SLICE")
+SHARED_FORMATS: tuple[tuple[str, str, struct.Struct | str], ...] = (
+    ("stacks0", "key", "<Q"),  # windows.take_stacks: the stack's hash
+    ("stacks1", "key", "<Q"),
+    ("labels0", "key", "<Q"),  # windows.take_label_sets: the fingerprint
+    ("labels0", "value", labels.LABEL_SET),
+    ("labels1", "value", labels.LABEL_SET),
+)
+CPU = Reader("cpu.c", (cpu_recorder, windows, labels), LABEL_DEFINES, (
     ("counts0", "key", cpu_recorder.SAMPLE_KEY),
     ("counts1", "key", cpu_recorder.SAMPLE_KEY),
     ("counts0", "value", "<Q"),  # recorder.drain: the sample count
     ("execs", "key", windows.EXEC_KEY),
     ("execs", "value", "<Q"),  # windows.take_execs: the exec's time
     ("targets", "key", "<I"),
-    ("targets", "value", "<I"),  # the generation
+    ("targets", "value", cpu_recorder.TARGET_INFO),
     ("config", "value", "<I"),  # windows.set_config
     ("errors", "value", "<Q"),  # windows.error_total, per CPU
     ("first_sample", "value", "<Q"),
-    ("stacks0", "key", "<I"),
+    *SHARED_FORMATS,
 ))
-MEM = Reader("mem.c", (mem_recorder, windows), ("THRESHOLDS",), (
+MEM = Reader("mem.c", (mem_recorder, windows, labels), ("THRESHOLDS", *LABEL_DEFINES), (
+    *SHARED_FORMATS,
     ("counts0", "key", mem_recorder.ALLOC_KEY),
     ("counts1", "key", mem_recorder.ALLOC_KEY),
     ("counts0", "value", mem_recorder.ALLOC_VALUE),
@@ -304,13 +332,17 @@ def test_cpu_map_sizes_name_its_maps():
 
 def test_every_bpf_source_is_checked():
     assert {p.name for p in BPF.glob("*.c")} == set(READERS)
-    assert not list(BPF.glob("*.h")), "a header: parse it with the file that includes it"
+    # A header is checked with the files that include it: each one must include it.
+    for header in BPF.glob("*.h"):
+        for c_file in READERS:
+            assert f"---- {header.name} ----" in inline_includes(BPF / c_file), \
+                f"bpf/{c_file} does not include {header.name}: check it on its own"
 
 
 # --- the checks can fail ---------------------------------------------------------------
 
-CPU_C = (BPF / "cpu.c").read_text()
-MEM_C = (BPF / "mem.c").read_text()
+CPU_C = inline_includes(BPF / "cpu.c")
+MEM_C = inline_includes(BPF / "mem.c")
 
 
 def all_problems(c_file: str, text: str) -> list[str]:
@@ -321,13 +353,16 @@ def all_problems(c_file: str, text: str) -> list[str]:
 
 @pytest.mark.parametrize(("c_file", "old", "new", "says"), [
     ("cpu.c", "#define ERR_COUNTS_FULL 5", "#define ERR_COUNTS_FULL 6", "ERR_COUNTS_FULL"),
-    ("cpu.c", "#define ERR_SLOTS 8", "#define ERR_SLOTS 8\n#define ERR_NEW 6", "ERR_NEW"),
-    ("cpu.c", "    u32 generation;  //", "    u32 generation;\n    u32 extra;  //",
-     "counts0 key"),
-    ("cpu.c", "    s32 user_stack;", "    u32 user_stack;", "counts0 key"),  # signedness
+    ("cpu.c", "#define ERR_SLOTS 10", "#define ERR_SLOTS 10\n#define ERR_NEW 6", "ERR_NEW"),
+    ("cpu.c", "    u32 generation;  // execs of the target seen",
+     "    u32 generation;\n    u32 extra;  // execs of the target seen", "counts0 key"),
+    ("cpu.c", "    u64 user_stack; ", "    s64 user_stack; ", "counts0 key"),  # signedness
     ("cpu.c", "    u64 leaf_ret;", "    u32 leaf_ret;", "counts0 key"),  # alignment moves
-    ("cpu.c", "BPF_HASH(targets, u32, u32, 64)", "BPF_HASH(targets, u32, u64, 64)",
-     "targets value"),
+    ("cpu.c", "BPF_HASH(targets, u32, struct target_info, 64)",
+     "BPF_HASH(targets, u32, u32, 64)", "targets value"),
+    ("cpu.c", "    u16 g_goid;", "    u32 g_goid;", "targets value"),  # in a header
+    ("cpu.c", "    u8 pad[4];", "    u8 pad[8];", "labels0 value"),
+    ("cpu.c", "#define LABEL_KEY_MAX 64", "#define LABEL_KEY_MAX 32", "LABEL_KEY_MAX"),
     ("mem.c", "#define CONFIG_WINDOW 0", "#define CONFIG_WINDOW 1", "CONFIG_WINDOW"),
     ("mem.c", "    u64 bytes;\n};", "    u64 bytes;\n    u64 frees;\n};", "counts0 value"),
     ("mem.c", "    u32 ready; ", "    u32 ready[2]; ", "targets value"),
@@ -348,5 +383,6 @@ def test_a_python_side_change_is_caught(monkeypatch):
     monkeypatch.setattr(mem_recorder, "ERR_NEW_SLOT", 10, raising=False)
     assert any("ERR_NEW_SLOT" in p for p in all_problems("mem.c", MEM_C))
     src = parse_c("mem.c", MEM_C)
-    assert layout_problems(src, "struct alloc_key", "<IiQQI", "x")  # a field fewer
-    assert layout_problems(src, "struct alloc_key", "<IIQQII", "x")  # unsigned stack id
+    assert not layout_problems(src, "struct alloc_key", mem_recorder.ALLOC_KEY, "x")
+    assert layout_problems(src, "struct alloc_key", "<IIQQQQQI", "x")  # a field fewer
+    assert layout_problems(src, "struct alloc_key", "<IIqQQQQII", "x")  # signed stack hash

@@ -67,8 +67,9 @@ class AgentMetrics:
                                "in the profiles", ["kind"], registry=r)
         self.lost = Counter("goprof_lost_samples", "Samples the kernel side could not keep",
                             ["kind"], registry=r)
-        self.collisions = Counter("goprof_stack_collisions", "Stacks lost to a stack-map "
-                                  "bucket collision", ["kind"], registry=r)
+        self.collisions = Counter("goprof_stack_collisions", "Stacks lost in the stack map "
+                                  "(full: stacks are hashed and never collide)", ["kind"],
+                                  registry=r)
         self.truncated = Counter("goprof_truncated_stacks", "Stacks cut at the depth limit or "
                                  "at a frame outside mapped code", ["kind"], registry=r)
         self.unnamed = Counter("goprof_unnamed_frames", "Sample-weighted frames without a "

@@ -131,7 +131,7 @@ class Agent:
             cpu_by_image[image_key(s.pid, s.generation)].append(s)
         st = cpu_window.stats
         self.metrics.lost.labels("cpu").inc(st.lost)
-        self.metrics.collisions.labels("cpu").inc(st.user_collisions + st.kernel_collisions)
+        self.metrics.collisions.labels("cpu").inc(st.stacks_full)
         self.metrics.truncated.labels("cpu").inc(st.truncated)
         for p in self.processes.images():
             samples = cpu_by_image.get(p.image)
@@ -182,7 +182,7 @@ class Agent:
     def _mem_profiles(self, window, start_ns: int, end_ns: int) -> None:
         st = window.stats
         self.metrics.lost.labels("mem").inc(st.lost)
-        self.metrics.collisions.labels("mem").inc(st.collisions)
+        self.metrics.collisions.labels("mem").inc(st.stacks_full)
         self.metrics.truncated.labels("mem").inc(st.truncated)
         by_image: dict[ImageKey, list[AllocSample]] = defaultdict(list)
         for s in window.samples:

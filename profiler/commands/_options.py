@@ -44,6 +44,10 @@ def add_recording_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--stats", default=None, metavar="FILE",
                    help="also write the run's statistics as JSON (samples, lost, BPF time, "
                         "goprof's own costs)")
+    p.add_argument("--goroutine-ids", action="store_true",
+                   help="also label each sample with the id of the goroutine it ran on "
+                        "(numeric label `goroutine`; pprof labels are always kept). Off by "
+                        "default: it multiplies the number of distinct samples")
 
 
 def outputs_from_args(args: argparse.Namespace, kind: str, who: str = ""

@@ -48,6 +48,7 @@ def options_from_args(args: argparse.Namespace) -> CpuOptions:
     return CpuOptions(pids=target_pids(args), command=args.exec_command,
                       duration=duration, frequency=args.frequency, kernel=not args.no_kernel,
                       outputs=outputs_from_args(args, "cpu"),
+                      goroutine_ids=args.goroutine_ids,
                       stats_path=Path(args.stats) if args.stats else None)
 
 

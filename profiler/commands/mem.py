@@ -61,7 +61,7 @@ def options_from_args(args: argparse.Namespace) -> MemOptions:
     return MemOptions(pids=target_pids(args), command=args.exec_command,
                       duration=duration, outputs=outputs_from_args(args, "mem"),
                       method=args.method, go_sampler=args.go_sampler, rate=args.rate,
-                      weight=WEIGHTS[args.weight],
+                      weight=WEIGHTS[args.weight], goroutine_ids=args.goroutine_ids,
                       stats_path=Path(args.stats) if args.stats else None)
 
 

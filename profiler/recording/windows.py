@@ -9,6 +9,7 @@ counters are per-CPU and never reset in the kernel; differences are taken here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from goprof.bpf import objects, syscalls
 from goprof.errors import EnvironmentProblem
+from goprof.recording.labels import LabelSet, decode_label_set
 
 CONFIG_WINDOW = 0  # the config[] slot both programs read the window from
 EXEC_PROGRAM = "on_exec"  # both objects' sched_process_exec program (see bpf/cpu.c)
@@ -51,8 +53,17 @@ class Counters:
     """Base of a run's counters: windows add up field by field."""
 
     def add(self, other: Counters) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        _add_fields(self, other)
+
+
+def _add_fields(into: object, other: object) -> None:
+    """Field by field; a field that is itself a dataclass of counters, likewise."""
+    for name in into.__dataclass_fields__:  # type: ignore[attr-defined]
+        mine = getattr(into, name)
+        if dataclasses.is_dataclass(mine):
+            _add_fields(mine, getattr(other, name))
+        else:
+            setattr(into, name, mine + getattr(other, name))
 
 
 class WindowedMaps:
@@ -61,7 +72,7 @@ class WindowedMaps:
         self.flip_grace_s = flip_grace_s
         self.loaded: objects.LoadedObject | None = None
         self.compiled_from_cache = False
-        self.stack_depth = 0  # frames a stack-map entry holds
+        self.stack_depth = 0  # frames a stack-map entry holds at most
         self.events: list[int] = []  # perf event fds with a program attached
         self.links: list[int] = []  # raw tracepoint fds (closing one detaches it)
         self._error_slots = error_slots
@@ -82,7 +93,8 @@ class WindowedMaps:
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
                                      "`goprof doctor` says what this kernel allows") from None
-        self.stack_depth = obj.maps["stacks0"].value_size // 8
+        # bpf/stacks.h keeps one word more than the frames it takes (always 0).
+        self.stack_depth = obj.maps["stacks0"].value_size // 8 - 1
         self.set_config(CONFIG_WINDOW, 0)
 
     def start(self) -> None:
@@ -124,24 +136,18 @@ class WindowedMaps:
         time.sleep(self.flip_grace_s)
         return old
 
-    def stack_reader(self, window: int):
-        """stack(id) -> addresses leaf first, () for a failed walk; cached per drain."""
-        stacks = self.map(f"stacks{window}")
-        cache: dict[int, tuple[int, ...]] = {}
+    def take_stacks(self, window: int) -> dict[int, tuple[int, ...]]:
+        """The window's stacks (hash -> addresses leaf first), removed from the map."""
+        out = {}
+        for key, value in self.map(f"stacks{window}").take_all():
+            words = struct.unpack(f"<{len(value) // 8}Q", value)
+            out[struct.unpack("<Q", key)[0]] = tuple(ip for ip in words if ip)
+        return out
 
-        def stack(stack_id: int) -> tuple[int, ...]:
-            if stack_id < 0:
-                return ()
-            if stack_id not in cache:
-                raw = stacks.lookup(struct.pack("<I", stack_id))
-                ips: tuple[int, ...] = ()
-                if raw is not None:
-                    words = struct.unpack(f"<{len(raw) // 8}Q", raw)
-                    ips = tuple(ip for ip in words if ip)
-                cache[stack_id] = ips
-            return cache[stack_id]
-
-        return stack
+    def take_label_sets(self, window: int) -> dict[int, LabelSet]:
+        """The window's label sets (fingerprint -> labels), removed from the map."""
+        return {struct.unpack("<Q", k)[0]: decode_label_set(v)
+                for k, v in self.map(f"labels{window}").take_all()}
 
     def error_total(self, slot: int) -> int:
         """One error counter summed over the CPUs (one lookup)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
+from goprof.recording.labels import GO_INFO, NO_GO_INFO, GoInfo, LabelCounts, Labels
 from goprof.recording.windows import Counters, WindowedMaps
 
 SOURCE = "cpu.c"
@@ -19,16 +20,24 @@ PROGRAM = "on_cpu_sample"
 
 # config[] and errors[] slots: keep in sync with bpf/cpu.c.
 CONFIG_WANT_KERNEL = 1
+CONFIG_WANT_GOID = 2
+CONFIG_FSBASE = 3
 ERR_SAMPLES = 0
-ERR_USER_COLLISION = 1
-ERR_KERNEL_COLLISION = 2
+ERR_USER_STACKS_FULL = 1
+ERR_KERNEL_STACKS_FULL = 2
 ERR_USER_STACK = 3
 ERR_KERNEL_STACK = 4
 ERR_COUNTS_FULL = 5
-ERR_SLOTS = 8
+ERR_LABELS_UNREAD = 6
+ERR_LABELS_CAPPED = 7
+ERR_LABELS_FULL = 8
+ERR_SLOTS = 10
 
-# pid, tid, user_stack, kernel_stack, leaf_ret, generation, padding
-SAMPLE_KEY = struct.Struct("<IIiiQII")
+# pid, tid, user_stack, kernel_stack, leaf_ret, labels, goid, generation, padding
+SAMPLE_KEY = struct.Struct("<IIQQQQQII")
+# generation, padding, then bpf/golabels.h's go_info
+TARGET_INFO = struct.Struct("<II" + GO_INFO.format[1:])
+LABEL_SETS_SIZE = 2048  # distinct label sets one window can hold
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class RawSample:
     leaf_ret: int
     count: int
     generation: int = 0  # the target's execs before this sample (0: its first image)
+    labels: Labels = ()  # the goroutine's pprof labels
+    goid: int = 0  # the goroutine's id (with --goroutine-ids), 0: none
 
 
 @dataclass
@@ -48,13 +59,20 @@ class Stats(Counters):
 
     seen: int = 0  # target samples the program saw
     counted: int = 0  # samples in the profile
-    user_collisions: int = 0
-    kernel_collisions: int = 0
+    # Stacks lost because the window's stack map was full (stacks are hashed into a
+    # chained map: they no longer collide).
+    user_stacks_full: int = 0
+    kernel_stacks_full: int = 0
     user_stack_errors: int = 0
     kernel_stack_errors: int = 0
     counts_full: int = 0
     truncated: int = 0  # samples whose user stack hit the depth limit
     missed_runs: int = 0  # program runs the kernel skipped (recursion)
+    labels: LabelCounts = field(default_factory=LabelCounts)
+
+    @property
+    def stacks_full(self) -> int:
+        return self.user_stacks_full + self.kernel_stacks_full
 
     @property
     def lost(self) -> int:
@@ -70,23 +88,29 @@ class Window:
 def map_sizes(frequency: int, window_s: float, cpus: int) -> dict[str, int]:
     """Map sizes from the most samples one window can hold.
 
-    Counts: at most one new key per sample. Stacks: a STACK_TRACE map has no
-    chaining, two stacks hashing to one bucket collide (counted), so it gets
-    four buckets per possible stack (user + kernel), a power of two, capped.
+    Counts: at most one new key per sample. Stacks: at most two new ones (user +
+    kernel), capped (an entry is 1 KiB, preallocated): a full map loses the stack,
+    counted. Label sets: far fewer than samples in practice.
     """
     samples = max(int(frequency * window_s * cpus * 1.25), 256)
-    stacks = 1 << (min(samples * 2 * 4, 32768) - 1).bit_length()
+    stacks = min(samples * 2, 32768)
     counts = min(samples, 65536)
-    return {"counts0": counts, "counts1": counts, "stacks0": stacks, "stacks1": stacks}
+    labels = min(samples, LABEL_SETS_SIZE)
+    return {"counts0": counts, "counts1": counts, "stacks0": stacks, "stacks1": stacks,
+            "labels0": labels, "labels1": labels}
 
 
 class CpuRecorder(WindowedMaps):
     def __init__(self, frequency: int, want_kernel: bool, window_s: float,
-                 max_targets: int = 64) -> None:
+                 max_targets: int = 64, goroutine_ids: bool = False,
+                 fsbase_offset: int = 0) -> None:
         super().__init__(ERR_SLOTS)
         self.frequency = frequency
         self.period_ns = 1_000_000_000 // frequency
         self.want_kernel = want_kernel
+        self.goroutine_ids = goroutine_ids
+        # offsetof(task_struct, thread.fsbase) from the kernel's BTF; 0: labels unread.
+        self.fsbase_offset = fsbase_offset
         self.cpus = syscalls.online_cpus()
         self._window_s = window_s
         self._max_targets = max_targets
@@ -98,6 +122,8 @@ class CpuRecorder(WindowedMaps):
         sizes["targets"] = self._max_targets
         self.load(SOURCE, [PROGRAM], sizes, syscalls.PROG_PERF_EVENT)
         self.set_config(CONFIG_WANT_KERNEL, int(self.want_kernel))
+        self.set_config(CONFIG_WANT_GOID, int(self.goroutine_ids))
+        self.set_config(CONFIG_FSBASE, self.fsbase_offset)
         assert self.loaded is not None
         prog = self.loaded.programs[PROGRAM]
         try:
@@ -112,13 +138,26 @@ class CpuRecorder(WindowedMaps):
                                      "available (`goprof doctor`)") from None
 
     # -- targets --------------------------------------------------------------
-    def add_target(self, pid: int) -> None:
-        self.map("targets").update(struct.pack("<I", pid), struct.pack("<I", 0))
+    def add_target(self, pid: int, go: GoInfo | None = None) -> None:
+        """`go`: where its runtime keeps labels (None: not Go, or unknown: no labels)."""
+        self.map("targets").update(struct.pack("<I", pid),
+                                   TARGET_INFO.pack(0, 0, *(go.fields() if go else NO_GO_INFO)))
+
+    def set_go_info(self, pid: int, generation: int, go: GoInfo | None) -> bool:
+        """The offsets of the image a target runs after an exec (its samples carry no
+        labels until then). False when the target exec'd again meanwhile or is gone."""
+        key = struct.pack("<I", pid)
+        raw = self.map("targets").lookup(key)
+        if raw is None or TARGET_INFO.unpack(raw)[0] != generation:
+            return False
+        self.map("targets").update(key, TARGET_INFO.pack(
+            generation, 0, *(go.fields() if go else NO_GO_INFO)))
+        return True
 
     def generation(self, pid: int) -> int | None:
         """The target's current generation (its execs so far), None when not a target."""
         raw = self.map("targets").lookup(struct.pack("<I", pid))
-        return struct.unpack("<I", raw)[0] if raw is not None else None
+        return TARGET_INFO.unpack(raw)[0] if raw is not None else None
 
     def remove_target(self, pid: int) -> None:
         self.map("targets").delete(struct.pack("<I", pid))
@@ -139,26 +178,33 @@ class CpuRecorder(WindowedMaps):
         return self._read_window(self.flip())
 
     def _read_window(self, w: int) -> Window:
-        counts = self.map(f"counts{w}")
-        stack = self.stack_reader(w)
+        # Counts first: every stack and label set a counted sample refers to was
+        # stored before it was counted.
+        counted = self.map(f"counts{w}").take_all()
+        stacks = self.take_stacks(w)
+        label_sets = self.take_label_sets(w)
         out = Window()
-        for key, value in counts.take_all():
-            pid, tid, ustack, kstack, leaf_ret, generation, _ = SAMPLE_KEY.unpack(key)
+        for key, value in counted:
+            pid, tid, ustack, kstack, leaf_ret, labels, goid, generation, _ = \
+                SAMPLE_KEY.unpack(key)
             (count,) = struct.unpack("<Q", value)
-            user = stack(ustack)
+            user = stacks.get(ustack, ())
             if len(user) >= self.stack_depth:
                 out.stats.truncated += count
-            out.samples.append(RawSample(pid, tid, user, stack(kstack), leaf_ret, count,
-                                         generation))
+            label_set = label_sets.get(labels)
+            out.samples.append(RawSample(pid, tid, user, stacks.get(kstack, ()), leaf_ret,
+                                         count, generation,
+                                         label_set.labels if label_set else (), goid))
             out.stats.counted += count
-        self.map(f"stacks{w}").clear()
         totals = self.take_errors()
         out.stats.seen = totals[ERR_SAMPLES]
-        out.stats.user_collisions = totals[ERR_USER_COLLISION]
-        out.stats.kernel_collisions = totals[ERR_KERNEL_COLLISION]
+        out.stats.user_stacks_full = totals[ERR_USER_STACKS_FULL]
+        out.stats.kernel_stacks_full = totals[ERR_KERNEL_STACKS_FULL]
         out.stats.user_stack_errors = totals[ERR_USER_STACK]
         out.stats.kernel_stack_errors = totals[ERR_KERNEL_STACK]
         out.stats.counts_full = totals[ERR_COUNTS_FULL]
+        out.stats.labels = LabelCounts(len(label_sets), totals[ERR_LABELS_CAPPED],
+                                       totals[ERR_LABELS_UNREAD], totals[ERR_LABELS_FULL])
         missed = self._program_info().recursion_misses
         out.stats.missed_runs = missed - self._missed_before
         self._missed_before = missed

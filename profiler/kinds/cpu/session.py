@@ -14,8 +14,9 @@ from goprof.kinds.cpu.build import build_cpu
 from goprof.kinds.cpu.recorder import CpuRecorder, Stats
 from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
+from goprof.recording.labels import fsbase_offset, target_go_info
 from goprof.recording.session import Recording, RecordingSession, Rows
-from goprof.recording.windows import wall_time_of
+from goprof.recording.windows import ExecEvent, wall_time_of
 from goprof.symbolizer import KernelSymbolizer, load_kernel_symbolizer
 from goprof.targets import Target
 from rich.console import Console
@@ -30,6 +31,7 @@ class CpuOptions:
     kernel: bool
     outputs: list[tuple[Path, Exporter]]
     stats_path: Path | None = None  # run statistics as JSON (benchmarks, the agent)
+    goroutine_ids: bool = False  # the numeric label `goroutine` on every sample
 
 
 class CpuSession(RecordingSession):
@@ -45,7 +47,11 @@ class CpuSession(RecordingSession):
         self.symbolize_s = 0.0
 
     def open_recorder(self) -> CpuRecorder:
-        recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, self.window_s)
+        fsbase, why = fsbase_offset()
+        if why:
+            self.console.print(f"[yellow]note:[/] {why}")
+        recorder = CpuRecorder(self.opts.frequency, self.opts.kernel, self.window_s,
+                               goroutine_ids=self.opts.goroutine_ids, fsbase_offset=fsbase)
         recorder.open()
         self.period_ns = recorder.period_ns
         self.compiled_from_cache = recorder.compiled_from_cache
@@ -53,7 +59,12 @@ class CpuSession(RecordingSession):
 
     def add_targets(self, recorder: CpuRecorder, targets: list[Target]) -> None:
         for t in targets:
-            recorder.add_target(t.pid)
+            recorder.add_target(t.pid, target_go_info(t.pid, self.images.cache, from_tls=True))
+
+    def on_new_image(self, event: ExecEvent, recorder: CpuRecorder, said: bool) -> None:
+        # Labels of the new program's goroutines: its own Go version's offsets.
+        recorder.set_go_info(event.pid, event.generation,
+                             target_go_info(event.pid, self.images.cache, from_tls=True))
 
     def new_stats(self) -> Stats:
         return Stats()
@@ -78,8 +89,8 @@ class CpuSession(RecordingSession):
                             int(collected.elapsed_s * 1e9), comments)
         self.symbolize_s = time.monotonic() - started
         profile.comments.append(
-            f"samples {stats.counted}, lost {stats.lost}, stack collisions "
-            f"{stats.user_collisions + stats.kernel_collisions}, truncated stacks "
+            f"samples {stats.counted}, lost {stats.lost}, stacks lost to a full stack map "
+            f"{stats.stacks_full}, labels: {stats.labels.text()}, truncated stacks "
             f"{stats.truncated} (+{builder.stats.cut_stacks} cut at a bad frame), unnamed frames "
             f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}")
         return profile
@@ -93,7 +104,9 @@ class CpuSession(RecordingSession):
             ("samples", f"{stats.counted}"),
             ("lost samples", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
                                                  if stats.counts_full else "")),
-            ("stack collisions", f"{stats.user_collisions + stats.kernel_collisions}"),
+            ("stack collisions", f"{stats.stacks_full}"
+                                 + (" (the stack map was full)" if stats.stacks_full else "")),
+            ("labels", stats.labels.text()),
             ("truncated stacks", f"{stats.truncated} at the depth limit, {sym.cut_stacks} cut "
                                  "where the frame-pointer walk left the mapped code"),
             ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"
@@ -107,7 +120,10 @@ class CpuSession(RecordingSession):
             "samples": stats.counted,
             "seen": stats.seen,
             "lost": stats.lost,
-            "stack_collisions": stats.user_collisions + stats.kernel_collisions,
+            # Stacks are hashed into a chained map: none is lost to a bucket collision;
+            # what is counted here is a stack the full map could not keep.
+            "stack_collisions": stats.stacks_full,
+            "labels": stats.labels.as_json(),
             "truncated_stacks": stats.truncated,
             "user_frames": builder.stats.user_frames,
             "unnamed_user_frames": builder.stats.unnamed_user_frames,

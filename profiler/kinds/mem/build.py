@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from goprof.kinds.mem.recorder import AllocSample, MemStats
 from goprof.model import Location, Profile, Sample, ValueType
 from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
+from goprof.recording.labels import Labels, goroutine_number, sample_labels
 
 ALLOC_SAMPLE_TYPES = [ValueType("alloc_objects", "count"), ValueType("alloc_space", "bytes")]
 MEM_PERIOD_TYPE = ValueType("space", "bytes")
@@ -78,10 +79,10 @@ class AllocProfileBuilder:
               ) -> Profile:
         """normalize_span: scale span estimates to the kernel's exact totals, which are
         per run, not per process: only right when one process used the span method."""
-        merged: dict[tuple[int, tuple[int, ...], int, int, int], list[int]] = defaultdict(
-            lambda: [0, 0, 0])
+        merged: dict[tuple[int, tuple[int, ...], int, int, int, Labels, int], list[int]] = \
+            defaultdict(lambda: [0, 0, 0])
         for s in samples:
-            acc = merged[(s.pid, s.user, s.leaf_ret, s.size, s.generation)]
+            acc = merged[(s.pid, s.user, s.leaf_ret, s.size, s.generation, s.labels, s.goid)]
             acc[0] += s.events
             acc[1] += s.objects
             acc[2] += s.bytes
@@ -91,8 +92,8 @@ class AllocProfileBuilder:
                           duration_nanos=duration_nanos, comments=comments,
                           default_sample_type="alloc_space")
         span: list[tuple[Sample, float, float]] = []  # span samples, unnormalized estimates
-        for (pid, user, leaf_ret, size, generation), (events, objects, nbytes) in \
-                merged.items():
+        for (pid, user, leaf_ret, size, generation, goroutine_labels, goid), \
+                (events, objects, nbytes) in merged.items():
             image = image_key(pid, generation)
             choice = self.methods.get(image)
             if choice is None:
@@ -104,7 +105,8 @@ class AllocProfileBuilder:
             locations = trim_runtime(locations)
             self.builder.count_frames(locations, events, kernel=False)
             labels = {"pid": str(pid), "comm": self.builder.comms.get(image, "?")}
-            sample = Sample(tuple(locations), (0, 0), labels)
+            sample = Sample(tuple(locations), (0, 0), sample_labels(labels, goroutine_labels),
+                            goroutine_number(goid))
             if choice.method == "span":
                 w = 1 / -math.expm1(-size / choice.rate) if size else 0.0
                 span.append((sample, objects * w, nbytes * w))
@@ -114,7 +116,7 @@ class AllocProfileBuilder:
                 sample.values = go_scale(events, nbytes, choice.rate)
             else:
                 sample.values = (objects, nbytes)
-            sample.num_labels = {"bytes": (size, "bytes")}
+            sample.num_labels = {**sample.num_labels, "bytes": (size, "bytes")}
             profile.samples.append(sample)
         if normalize_span:
             _normalize_span(span, stats)

@@ -16,34 +16,41 @@ from dataclasses import dataclass, field
 
 from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
+from goprof.recording.labels import GO_INFO, NO_GO_INFO, GoInfo, LabelCounts, Labels
 from goprof.recording.windows import Counters, WindowedMaps
 
 SOURCE = "mem.c"
 PROGRAMS = ["on_sampled_alloc", "on_malloc", "on_refill", "on_alloc_large"]
 
 # errors[] slots: keep in sync with bpf/mem.c.
+CONFIG_WANT_GOID = 2
 ERR_HITS = 0
-ERR_COLLISION = 1
+ERR_STACKS_FULL = 1
 ERR_STACK = 2
 ERR_COUNTS_FULL = 3
 ERR_MORESTACK = 4
 ERR_READ = 5
 ERR_EXEC_PENDING = 6
+ERR_LABELS_UNREAD = 7
+ERR_LABELS_CAPPED = 8
 ERR_SAMPLED = 9
+ERR_LABELS_FULL = 10
 ERR_SLOTS = 16
 
 THRESHOLDS = 1024
-ALLOC_KEY = struct.Struct("<IiQQII")  # pid, user_stack, leaf_ret, size, generation, padding
+# pid, padding, user_stack, leaf_ret, size, labels, goid, generation, padding
+ALLOC_KEY = struct.Struct("<IIQQQQQII")
 ALLOC_VALUE = struct.Struct("<QQQ")  # events, objects, bytes
-# offsets (mcache.alloc, mspan.allocCount), generation, ready
-TARGET_INFO = struct.Struct("<IIII")
+# offsets (mcache.alloc, mspan.allocCount), generation, ready, then golabels.h's go_info
+TARGET_INFO = struct.Struct("<IIII" + GO_INFO.format[1:])
 SPAN_STATE = struct.Struct("<qQQQ")  # until_sample, bytes, objects, events (per CPU)
 
-# Map sizes: distinct (stack, size) keys one window can hold; a STACK_TRACE map
-# gets more buckets than stacks because colliding stacks are dropped (counted).
+# Map sizes: distinct (stack, size, labels) keys one window can hold, at most as
+# many stacks (a full map loses the stack, counted), and label sets.
 UPROBE_FLIP_GRACE_S = 0.05  # see goprof.recording.windows
 COUNTS_SIZE = 16384
 STACKS_SIZE = 16384
+LABEL_SETS_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class AllocSample:
     objects: int
     bytes: int
     generation: int = 0  # the target's execs before this event (0: its first image)
+    labels: Labels = ()  # the allocating goroutine's pprof labels
+    goid: int = 0  # its id (with --goroutine-ids), 0: none
 
 
 @dataclass
@@ -65,7 +74,7 @@ class MemStats(Counters):
     hits: int = 0  # probe hits in targets
     sampled: int = 0  # events that took a stack
     counted: int = 0  # events in the profile
-    collisions: int = 0
+    stacks_full: int = 0  # events whose stack the full stack map could not keep
     stack_errors: int = 0
     counts_full: int = 0
     morestack: int = 0  # hits skipped: the function restarts on a grown stack
@@ -76,6 +85,7 @@ class MemStats(Counters):
     span_bytes: int = 0  # span method: exact totals
     span_objects: int = 0
     span_events: int = 0
+    labels: LabelCounts = field(default_factory=LabelCounts)
 
     @property
     def lost(self) -> int:
@@ -107,9 +117,11 @@ def exponential_thresholds(rate: int, n: int = THRESHOLDS, seed: int | None = No
 
 
 class MemRecorder(WindowedMaps):
-    def __init__(self, span_rate: int, max_targets: int = 64) -> None:
+    def __init__(self, span_rate: int, max_targets: int = 64, goroutine_ids: bool = False
+                 ) -> None:
         super().__init__(ERR_SLOTS, flip_grace_s=UPROBE_FLIP_GRACE_S)
         self.span_rate = span_rate
+        self.goroutine_ids = goroutine_ids
         self._max_targets = max_targets
         self.probes: list[Probe] = []
         self._missed_before = 0
@@ -118,8 +130,10 @@ class MemRecorder(WindowedMaps):
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
         sizes = {"counts0": COUNTS_SIZE, "counts1": COUNTS_SIZE,
-                 "stacks0": STACKS_SIZE, "stacks1": STACKS_SIZE, "targets": self._max_targets}
+                 "stacks0": STACKS_SIZE, "stacks1": STACKS_SIZE, "targets": self._max_targets,
+                 "labels0": LABEL_SETS_SIZE, "labels1": LABEL_SETS_SIZE}
         self.load(SOURCE, PROGRAMS, sizes, syscalls.PROG_KPROBE)
+        self.set_config(CONFIG_WANT_GOID, int(self.goroutine_ids))
         thresholds = self.map("thresholds")
         for i, t in enumerate(exponential_thresholds(self.span_rate)):
             thresholds.update(struct.pack("<I", i), struct.pack("<Q", t))
@@ -149,6 +163,15 @@ class MemRecorder(WindowedMaps):
         self.probes.append(probe)
         return fd
 
+    def stop(self) -> None:
+        """Closes the uprobes. Disabling is not enough: the kernel runs a uprobe's BPF
+        program on every hit while its perf event is open, enabled or not (measured:
+        the exact method's last drains missed ~1 % of the events, which kept coming
+        after the end), so the last drains would race with new events."""
+        for fd in self.events:
+            os.close(fd)
+        self.events.clear()
+
     def detach(self, fd: int) -> None:
         """Removes one uprobe attach() made (the binary's last target is gone)."""
         if fd in self.events:
@@ -156,13 +179,14 @@ class MemRecorder(WindowedMaps):
             os.close(fd)
 
     # -- targets --------------------------------------------------------------
-    def add_target(self, pid: int, layout: tuple[int, int] = (0, 0), generation: int = 0
-                   ) -> None:
+    def add_target(self, pid: int, layout: tuple[int, int] = (0, 0), generation: int = 0,
+                   go: GoInfo | None = None) -> None:
         """layout: the span method's offsets (mcache.alloc, mspan.allocCount) of the
         target's Go version (bpf/mem.c says what it assumes of the fields after);
-        generation: the image they belong to (after an exec, the one it announced)."""
-        self.map("targets").update(struct.pack("<I", pid),
-                                   TARGET_INFO.pack(*layout, generation, 1))
+        generation: the image they belong to (after an exec, the one it announced);
+        go: where its runtime keeps labels (None: unknown, no labels)."""
+        self.map("targets").update(struct.pack("<I", pid), TARGET_INFO.pack(
+            *layout, generation, 1, *(go.fields() if go else NO_GO_INFO)))
 
     def generation(self, pid: int) -> int | None:
         """The target's current generation (its execs so far), None when not a target."""
@@ -180,22 +204,27 @@ class MemRecorder(WindowedMaps):
         return self._read_window(self.flip())
 
     def _read_window(self, w: int) -> MemWindow:
-        counts = self.map(f"counts{w}")
-        stack = self.stack_reader(w)
+        # Counts first: the stacks and label sets they refer to were stored before.
+        counted = self.map(f"counts{w}").take_all()
+        stacks = self.take_stacks(w)
+        label_sets = self.take_label_sets(w)
         out = MemWindow()
-        for key, value in counts.take_all():
-            pid, ustack, leaf_ret, size, generation, _ = ALLOC_KEY.unpack(key)
+        for key, value in counted:
+            pid, _, ustack, leaf_ret, size, labels, goid, generation, _ = ALLOC_KEY.unpack(key)
             events, objects_, bytes_ = ALLOC_VALUE.unpack(value)
-            user = stack(ustack)
+            user = stacks.get(ustack, ())
             if len(user) >= self.stack_depth:
                 out.stats.truncated += events
+            label_set = label_sets.get(labels)
             out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_,
-                                           generation))
+                                           generation, label_set.labels if label_set else (),
+                                           goid))
             out.stats.counted += events
-        self.map(f"stacks{w}").clear()
         t = self.take_errors()
         s = out.stats
-        s.hits, s.sampled, s.collisions = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_COLLISION]
+        s.hits, s.sampled, s.stacks_full = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_STACKS_FULL]
+        s.labels = LabelCounts(len(label_sets), t[ERR_LABELS_CAPPED], t[ERR_LABELS_UNREAD],
+                               t[ERR_LABELS_FULL])
         s.stack_errors, s.counts_full = t[ERR_STACK], t[ERR_COUNTS_FULL]
         s.morestack, s.read_errors = t[ERR_MORESTACK], t[ERR_READ]
         s.exec_pending = t[ERR_EXEC_PENDING]

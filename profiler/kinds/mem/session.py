@@ -27,6 +27,7 @@ from goprof.kinds.mem.build import AllocProfileBuilder, MethodChoice
 from goprof.kinds.mem.recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
 from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
+from goprof.recording.labels import go_info
 from goprof.recording.session import Recording, RecordingSession, Rows
 from goprof.recording.windows import ExecEvent
 from goprof.targets import Target, target_for_pid
@@ -66,6 +67,7 @@ class MemOptions:
     rate: int = DEFAULT_GO_RATE  # bytes per sample, for --go-sampler and span
     weight: str = "alloc_space"  # default sample type of the written profile
     stats_path: Path | None = None
+    goroutine_ids: bool = False  # the numeric label `goroutine` on every sample
 
 
 class MemSession(RecordingSession):
@@ -90,7 +92,7 @@ class MemSession(RecordingSession):
         self.gos += [inspect(t, self.images.cache) for t in targets]
 
     def open_recorder(self) -> MemRecorder:
-        recorder = MemRecorder(self.opts.rate)
+        recorder = MemRecorder(self.opts.rate, goroutine_ids=self.opts.goroutine_ids)
         recorder.open()
         return recorder
 
@@ -120,7 +122,8 @@ class MemSession(RecordingSession):
         profile.default_sample_type = self.opts.weight
         profile.comments.append(
             f"probe hits {stats.hits}, events with a stack {stats.sampled}, lost {stats.lost}, "
-            f"stack collisions {stats.collisions}, truncated stacks {stats.truncated} "
+            f"stacks lost to a full stack map {stats.stacks_full}, labels: "
+            f"{stats.labels.text()}, truncated stacks {stats.truncated} "
             f"(+{builder.stats.cut_stacks} cut), unnamed frames {builder.stats.unnamed_frames}"
             f"{builder.stats.damage_text()}")
         return profile
@@ -130,7 +133,11 @@ class MemSession(RecordingSession):
         return {
             "methods": {_image_name(key): {"method": m.method, "rate": m.rate}
                         for key, m in self.methods.items()},
-            **{k: getattr(stats, k) for k in stats.__dataclass_fields__},
+            **{k: getattr(stats, k) for k in stats.__dataclass_fields__ if k != "labels"},
+            # Stacks are hashed into a chained map: none is lost to a bucket collision;
+            # what is counted is a stack the full map could not keep.
+            "stack_collisions": stats.stacks_full,
+            "labels": stats.labels.as_json(),
             "lost": stats.lost,
             "deduplicated": self.deduplicated,
         }
@@ -183,7 +190,7 @@ class MemSession(RecordingSession):
             recorder.attach(Probe(proc.path, site.file_offset, site.program, site.function),
                             enable=self.recording)
             self.attached.add(key)
-        recorder.add_target(pid, layout, generation)
+        recorder.add_target(pid, layout, generation, go_info(proc.binary, proc.path))
         return MethodChoice(method, rate)
 
     def on_new_image(self, event: ExecEvent, recorder: MemRecorder, said: bool) -> None:
@@ -290,7 +297,9 @@ class MemSession(RecordingSession):
             ("events with a stack", f"{stats.sampled}"),
             ("lost", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
                                         if stats.counts_full else "")),
-            ("stack collisions", f"{stats.collisions}"),
+            ("stack collisions", f"{stats.stacks_full}"
+                                 + (" (the stack map was full)" if stats.stacks_full else "")),
+            ("labels", stats.labels.text()),
             ("truncated stacks", f"{stats.truncated} at the depth limit, "
                                  f"{builder.stats.cut_stacks} cut"),
             ("unnamed frames", f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}"),
