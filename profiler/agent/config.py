@@ -23,6 +23,7 @@ from goprof.exporters.directory import DEFAULT_TEMPLATE
 DEFAULTS: dict[str, Any] = {
     "pid": [], "exe": [], "comm": [], "cgroup": [],
     "window": "10s", "frequency": 99, "kernel": True, "mem": False, "mem_rate": "512K",
+    "goroutine_ids": False, "goroutines": False,
     "service_name": None, "hostname": None,
     "parca": None, "insecure": False, "parca_ca": None, "parca_token_file": None,
     "pyroscope": None, "pyroscope_user": None, "pyroscope_password_file": None,
@@ -33,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_addr": "127.0.0.1:7471", "log_format": "text", "duration": None,
 }
 LISTS = {"pid", "exe", "comm", "cgroup"}
-BOOLS = {"kernel", "mem", "insecure"}
+BOOLS = {"kernel", "mem", "insecure", "goroutine_ids", "goroutines"}
 INTS = {"frequency"}
 # YAML 1.1 reads unquoted off/no/false as the boolean false. For these text settings
 # false has one clear meaning: metrics off, or no such sink (as if the line were not

@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PUSH_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+GOROUTINE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class AgentMetrics:
@@ -53,7 +54,8 @@ class AgentMetrics:
         self.failed = Counter("goprof_processes_failed", "Running Go processes the agent "
                               "could not fully profile, counted once per process and kind: "
                               "cpu (not picked up, or a CPU window failed), mem (CPU only, or "
-                              "an allocation window failed), let_go (something it held could "
+                              "an allocation window failed), goroutines (no goroutine "
+                              "profile, or one failed), let_go (something it held could "
                               "not be released); the log says why, once", ["kind"], registry=r)
         self.windows_failed = Counter("goprof_windows_failed", "Process windows that could "
                                       "not be built and were dropped (the process had "
@@ -63,8 +65,30 @@ class AgentMetrics:
                                ["kind"], registry=r)
         self.empty_windows = Counter("goprof_windows_empty", "Process windows with no samples "
                                      "(not sent)", ["kind"], registry=r)
-        self.samples = Counter("goprof_samples", "Samples (cpu) or events with a stack (mem) "
-                               "in the profiles", ["kind"], registry=r)
+        self.samples = Counter("goprof_samples", "Samples (cpu), events with a stack (mem) "
+                               "or goroutines (goroutines) in the profiles", ["kind"],
+                               registry=r)
+        # pprof labels, read in the kernel from the goroutine each sample ran on.
+        self.label_sets = Counter("goprof_label_sets", "Distinct pprof label sets per window "
+                                  "(summed over windows: a set seen in two windows counts "
+                                  "twice)", ["kind"], registry=r)
+        self.labels_capped = Counter("goprof_labels_capped", "Samples (cpu) or events (mem) "
+                                     "whose pprof labels were cut to goprof's caps (10 labels, "
+                                     "keys 64 B, values 128 B)", ["kind"], registry=r)
+        self.labels_unread = Counter("goprof_labels_unread", "Samples (cpu) or events (mem) "
+                                     "whose goroutine's pprof labels could not be read, or "
+                                     "found the window's label map full: counted without "
+                                     "labels", ["kind"], registry=r)
+        # --goroutines: what reading every goroutine of every process costs, and how whole.
+        self.goroutine_read = Histogram("goprof_goroutine_read_seconds", "Time to read one "
+                                        "process's goroutines through /proc/PID/mem and build "
+                                        "its goroutine profile", buckets=GOROUTINE_BUCKETS,
+                                        registry=r)
+        self.goroutine_stacks = Counter("goprof_goroutine_stacks_missing", "Goroutines in the "
+                                        "goroutine profiles without a whole stack: running "
+                                        "(no stack while it runs), unreadable, incomplete, or "
+                                        "changed (still moving after 3 reads)", ["why"],
+                                        registry=r)
         self.lost = Counter("goprof_lost_samples", "Samples the kernel side could not keep",
                             ["kind"], registry=r)
         self.collisions = Counter("goprof_stack_collisions", "Stacks lost in the stack map "

@@ -22,4 +22,6 @@ class AgentOptions:
     duration: float | None = None
     scan_interval_s: float = 1.0  # how often new processes are looked for
     max_targets: int = 4096
+    goroutine_ids: bool = False  # the numeric label `goroutine` on CPU and allocation samples
+    goroutines: bool = False  # a goroutine profile of every process every window
 

@@ -1,10 +1,12 @@
 """The processes the agent profiles, and what each holds.
 
 A process discovery finds is picked up: its labels, a symbolizer, a pidfd (its exit
-wakes a poll), a targets entry in the kernel and, with --mem, uprobes on its binary
-(shared by the processes that run it, counted). One that exec'd is a new process
-from then on. One that exited is let go after the window that holds its last
-samples, and everything it held is released, each step whatever the others did.
+wakes a poll), a targets entry in the kernel (with where its runtime keeps pprof labels,
+which the BPF programs read on every sample), with --mem uprobes on its binary (shared
+by the processes that run it, counted), with --goroutines a reader of its goroutines.
+One that exec'd is a new process from then on. One that exited is let go after the
+window that holds its last samples, and everything it held is released, each step
+whatever the others did.
 """
 
 from __future__ import annotations
@@ -17,17 +19,20 @@ import traceback
 from dataclasses import dataclass, field
 
 from goprof.agent.discovery import Candidate, Discovery, gone, start_ticks
+from goprof.agent.goroutines import open_reader
 from goprof.agent.kube import PodDirectory
 from goprof.agent.labels import process_labels
 from goprof.agent.metrics import AgentMetrics
 from goprof.agent.options import AgentOptions
 from goprof.errors import EnvironmentProblem
+from goprof.golang.goroutines import GoroutineReader
 from goprof.golang.process import MEM_PROFILE_RATE, GoProcess, MethodUnavailable, inspect
 from goprof.golang.writes import settle_writes
 from goprof.kinds.cpu.recorder import CpuRecorder
 from goprof.kinds.mem.build import MethodChoice
 from goprof.kinds.mem.recorder import MemRecorder, Probe
 from goprof.recording.builder import ImageKey, image_key
+from goprof.recording.labels import go_info, target_go_info
 from goprof.symbolizer import BinaryCache, ProcessGone, ProcessSymbolizer, SymbolizerError
 
 ProbeKey = tuple[tuple[int, int], str]  # (binary dev, inode), function
@@ -48,6 +53,8 @@ class Profiled:
     failed: set[str] = field(default_factory=set)  # kinds counted and logged, once each
     generation: int = 0  # the process's execs before this image (its samples carry it)
     retired: bool = False  # the process exec'd another program: this image is over
+    labelled: bool = False  # its CPU samples carry pprof labels (its runtime's offsets known)
+    goroutines: GoroutineReader | None = None  # --goroutines, where they can be read
 
     @property
     def pid(self) -> int:
@@ -173,7 +180,7 @@ class Processes:
         self.metrics.binaries.set(len(self.cache))
         self.log.info("process picked up", extra={"fields": {
             "pid": t.pid, "comm": t.comm, "exe": t.exe, "go_version": c.binary.go_version,
-            "service_name": p.labels.get("service_name", ""),
+            "service_name": p.labels.get("service_name", ""), "pprof_labels": p.labelled,
             **({"mem_method": p.mem.method} if p.mem else {})}})
 
     def _set_up(self, c: Candidate) -> Profiled:
@@ -188,10 +195,20 @@ class Processes:
                                       service_name=self.opts.service_name, pods=self.pods)
             p.pidfd = self._open_pidfd(c)
             assert self.cpu is not None
+            # Where this program's runtime keeps the running goroutine's labels (found
+            # through the thread's FS base): None leaves its samples unlabelled, never
+            # wrongly labelled.
+            go = target_go_info(c.target.pid, self.cache, from_tls=True)
+            p.labelled = go is not None
             if generation is None:
-                self.cpu.add_target(c.target.pid)
+                self.cpu.add_target(c.target.pid, go)
+            else:
+                # The kernel cleared the old program's offsets at the exec.
+                self.cpu.set_go_info(c.target.pid, generation, go)
             if self.memrec is not None:
                 self._start_mem(p)
+            if self.opts.goroutines:
+                self._start_goroutines(p)
         except BaseException:
             self._release(p)
             raise
@@ -244,7 +261,7 @@ class Processes:
                                                   site.function), enable=True)
                     self._probe_fds[key] = (fd, 1)
                 p.probes.append(key)
-            self.memrec.add_target(p.pid, layout, p.generation)
+            self.memrec.add_target(p.pid, layout, p.generation, go_info(proc.binary, proc.path))
         except BaseException:
             # One site attached and not the next (the process exited meanwhile): the
             # first is let go now, not held for a method that is not running.
@@ -252,6 +269,16 @@ class Processes:
             del p.probes[held:]
             raise
         return MethodChoice(method, rate if method == "go-sampler" else self.opts.mem_rate)
+
+    def _start_goroutines(self, p: Profiled) -> None:
+        """A process whose goroutines cannot be read (a Go version whose g layout goprof
+        does not know, without DWARF) is profiled without them, said once."""
+        try:
+            p.goroutines = open_reader(p.candidate.target, self.cache)
+        except Exception as e:  # noqa: BLE001 - one process's trouble is its own
+            if isinstance(e, ProcessGone) or gone(p.candidate):
+                raise  # it exited: the whole pick-up is rolled back (_pick_up)
+            self.failed(p, "goroutines", "no goroutine profile for this process", e)
 
     # -- pidfds, failures, letting go -----------------------------------------------
     def _open_pidfd(self, c: Candidate) -> int | None:

@@ -7,9 +7,12 @@ per binary, for memory), so windows follow each other with no gap and nothing is
 detached or attached per window. At each window's end both recorders flip to
 their other map set; the closed set is split by pid, symbolized and encoded as
 one pprof per process, and submitted to every sink's delivery queue (which never
-blocks). A process that exited is let go after the window that holds its last
-samples: its targets entry, uprobes (if no other process uses the binary),
-symbol tables and cache entries are released.
+blocks). Samples carry the pprof labels the BPF programs read from the goroutine
+that ran (and its id with --goroutine-ids); with --goroutines each running process's
+goroutines are read at the window's end into a goroutine profile of its own. A
+process that exited is let go after the window that holds its last samples: its
+targets entry, uprobes (if no other process uses the binary), symbol tables and
+cache entries are released.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import defaultdict
 from goprof import __version__
 from goprof.agent.delivery import Delivery
 from goprof.agent.discovery import gone
+from goprof.agent.goroutines import read_window
 from goprof.agent.kube import PodDirectory
 from goprof.agent.metrics import AgentMetrics
 from goprof.agent.options import AgentOptions
@@ -35,6 +39,7 @@ from goprof.kinds.mem.build import AllocProfileBuilder
 from goprof.kinds.mem.recorder import AllocSample, MemRecorder
 from goprof.model import Profile
 from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
+from goprof.recording.labels import LabelCounts, fsbase_offset
 from goprof.symbolizer import KernelSymbolizer, SymbolizerError, load_kernel_symbolizer
 
 MAPS_REREAD_S = 60.0  # a process's maps are re-read at least this often
@@ -59,11 +64,16 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------------
     def open(self) -> None:
         """Loads and attaches the recorders (EnvironmentProblem when it cannot)."""
+        fsbase, why = fsbase_offset()
+        if why:
+            self.log.warning(why)  # once: it is the kernel's, the same for every process
         self.cpu = CpuRecorder(self.opts.frequency, self.opts.kernel, self.opts.window_s,
-                               max_targets=self.opts.max_targets)
+                               max_targets=self.opts.max_targets,
+                               goroutine_ids=self.opts.goroutine_ids, fsbase_offset=fsbase)
         self.cpu.open()
         if self.opts.mem:
-            self.memrec = MemRecorder(self.opts.mem_rate, max_targets=self.opts.max_targets)
+            self.memrec = MemRecorder(self.opts.mem_rate, max_targets=self.opts.max_targets,
+                                      goroutine_ids=self.opts.goroutine_ids)
             self.memrec.open()
         self.processes.use_recorders(self.cpu, self.memrec)
         if self.opts.kernel:
@@ -96,7 +106,9 @@ class Agent:
         next_scan = started
         self.log.info("agent started", extra={"fields": {
             "window_s": self.opts.window_s, "frequency_hz": self.opts.frequency,
-            "mem": self.opts.mem, "sinks": ",".join(d.name for d in self.deliveries)}})
+            "mem": self.opts.mem, "goroutines": self.opts.goroutines,
+            "goroutine_ids": self.opts.goroutine_ids,
+            "sinks": ",".join(d.name for d in self.deliveries)}})
         ended = ""
         while not ended:
             now = time.monotonic()
@@ -133,6 +145,7 @@ class Agent:
         self.metrics.lost.labels("cpu").inc(st.lost)
         self.metrics.collisions.labels("cpu").inc(st.stacks_full)
         self.metrics.truncated.labels("cpu").inc(st.truncated)
+        self._count_labels("cpu", st.labels)
         for p in self.processes.images():
             samples = cpu_by_image.get(p.image)
             if not samples:
@@ -144,6 +157,8 @@ class Agent:
                 self._window_failed(p, "cpu", e)
         if mem_window is not None:
             self._mem_profiles(mem_window, start_ns, end_ns)
+        if self.opts.goroutines:
+            self._goroutine_profiles(start_ns, end_ns)
         self.processes.release_exited()
         self.last_window_mono = time.monotonic()
         self.metrics.last_window.set(time.time())
@@ -184,6 +199,7 @@ class Agent:
         self.metrics.lost.labels("mem").inc(st.lost)
         self.metrics.collisions.labels("mem").inc(st.stacks_full)
         self.metrics.truncated.labels("mem").inc(st.truncated)
+        self._count_labels("mem", st.labels)
         by_image: dict[ImageKey, list[AllocSample]] = defaultdict(list)
         for s in window.samples:
             by_image[image_key(s.pid, s.generation)].append(s)
@@ -202,6 +218,37 @@ class Agent:
                 self._mem_profile(p, samples, st, start_ns, end_ns, span_images == [p.image])
             except Exception as e:  # noqa: BLE001 - that process's window only
                 self._window_failed(p, "mem", e)
+
+    def _count_labels(self, kind: str, labels: LabelCounts) -> None:
+        self.metrics.label_sets.labels(kind).inc(labels.sets)
+        self.metrics.labels_capped.labels(kind).inc(labels.capped)
+        self.metrics.labels_unread.labels(kind).inc(labels.unreadable + labels.full)
+
+    def _goroutine_profiles(self, start_ns: int, end_ns: int) -> None:
+        """A goroutine profile of every running process, read now (the window's end):
+        a snapshot, where CPU and allocations are the window's totals."""
+        for p in list(self.processes.profiled.values()):
+            if p.goroutines is None or p.exited:
+                continue
+            try:
+                got, builder = read_window(p.goroutines, p.symbolizer, p.image,
+                                           p.candidate.target.comm, p.candidate.target.label,
+                                           self.opts.window_s)
+            except Exception as e:  # noqa: BLE001 - that process's window only
+                self._window_failed(p, "goroutines", e)
+                continue
+            self.metrics.goroutine_read.observe(got.seconds)
+            self.metrics.samples.labels("goroutines").inc(got.goroutines)
+            self.metrics.unnamed.labels("goroutines").inc(builder.stats.unnamed_frames)
+            s = got.stats
+            for why, n in (("running", s.running), ("unreadable", s.unreadable),
+                           ("incomplete", s.incomplete), ("changed", s.changed)):
+                self.metrics.goroutine_stacks.labels(why).inc(n)
+            if not got.profile.samples:
+                self.metrics.empty_windows.labels("goroutines").inc()
+                continue
+            self._submit("goroutines", p, got.profile, start_ns, end_ns,
+                         {"read_ms": f"{got.seconds * 1000:.1f}"})
 
     def _window_failed(self, p: Profiled, kind: str, e: Exception) -> None:
         """A window of one process could not be built: dropped, counted; a failure

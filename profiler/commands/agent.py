@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "agent", help="profile every Go process on this host, continuously",
         description="Profile every Go process on this host (or those matching --pid, --exe, "
                     "--comm, --cgroup) window after window: CPU always, allocations with "
-                    "--mem. Each window of each process becomes one pprof profile, sent to "
+                    "--mem, goroutines with --goroutines; samples carry the goroutines' pprof "
+                    "labels. Each window of each process becomes one pprof profile, sent to "
                     "Parca, Pyroscope and/or written to a directory. Settings can come from "
                     "--config FILE (YAML, keys are the long flag names); flags override it.",
         epilog="examples:\n"
@@ -68,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also profile allocations (goprof mem's go-sampler or span method)")
     g.add_argument("--mem-rate", metavar="BYTES", help="span method: bytes per sampled "
                    "stack (default 512K)")
+    g.add_argument("--goroutines", action="store_true", default=None,
+                   help="also a goroutine profile of every process every window (what "
+                   "runtime/pprof's goroutine profile holds, read through /proc/PID/mem)")
+    g.add_argument("--goroutine-ids", action="store_true", default=None,
+                   help="the numeric label `goroutine` (the goroutine's id) on every CPU and "
+                   "allocation sample: many more distinct samples, larger profiles")
     g = p.add_argument_group("labels")
     g.add_argument("--service-name", metavar="NAME", help="service_name of every profile "
                    "(default: the process's OTEL_SERVICE_NAME or GOPROF_SERVICE_NAME, else "
@@ -186,6 +193,7 @@ def options_from(s: argparse.Namespace, hostname: str) -> AgentOptions:
                              cgroups=list(s.cgroup)),
         hostname=hostname, window_s=window, frequency=s.frequency, kernel=s.kernel,
         mem=s.mem, mem_rate=parse_size(s.mem_rate, "--mem-rate"),
+        goroutine_ids=s.goroutine_ids, goroutines=s.goroutines,
         service_name=s.service_name, node=os.environ.get("NODE_NAME") or None,
         duration=parse_duration(s.duration) if s.duration else None)
 
@@ -249,7 +257,16 @@ def _log_summary(log: logging.Logger, ended: str, metrics: AgentMetrics,
               "stack_collisions": total(metrics.collisions),
               "truncated_stacks": total(metrics.truncated),
               "unnamed_frames": total(metrics.unnamed),
+              "label_sets": total(metrics.label_sets),
+              "labels_capped": total(metrics.labels_capped),
+              "labels_unread": total(metrics.labels_unread),
               "processes": total(metrics.picked_up)}
+    reads = [s for m in metrics.goroutine_read.collect() for s in m.samples]
+    count = sum(s.value for s in reads if s.name.endswith("_count"))
+    if count:
+        seconds = sum(s.value for s in reads if s.name.endswith("_sum"))
+        fields["goroutine_reads"] = int(count)
+        fields["goroutine_read_ms_mean"] = round(1000 * seconds / count, 2)
     for d in deliveries:
         st = d.stats()
         fields[f"{d.name}_delivered"] = st.delivered
