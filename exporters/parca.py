@@ -24,9 +24,9 @@ from goprof.exporters.sink import Sink, SinkError, SinkRejected, WindowProfile
 DEFAULT_PORT = 7070  # Parca serves gRPC and HTTP on one port
 MAX_MESSAGE = 64 * 1024 * 1024  # Parca's own limit: a bigger window could never land
 
-# The metric names Parca's scraper gives Go's CPU and heap profiles, so goprof's
-# windows sit beside scraped ones in Parca's UI.
-METRIC_NAMES = {"cpu": "process_cpu", "mem": "memory"}
+# The metric names Parca's scraper gives Go's CPU, heap and goroutine profiles, so
+# goprof's windows sit beside scraped ones in Parca's UI.
+METRIC_NAMES = {"cpu": "process_cpu", "mem": "memory", "goroutines": "goroutine"}
 
 # The server understood the request and refused it: the same bytes will be refused
 # again. Everything else (down, timeout, auth, overload, a server bug) may pass later.

@@ -14,7 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-KINDS = ("cpu", "mem")
+KINDS = ("cpu", "mem", "goroutines")
 _HEADER = struct.Struct("<I")  # length of the JSON header that precedes the pprof bytes
 
 
@@ -29,7 +29,7 @@ class SinkRejected(SinkError):
 
 @dataclass(frozen=True)
 class WindowProfile:
-    kind: str  # "cpu" | "mem"
+    kind: str  # "cpu" | "mem" | "goroutines"
     labels: dict[str, str]  # service_name, pid, comm, executable, build_id, go_version, ...
     start_ns: int  # wall clock (time.time_ns()) when the window opened
     end_ns: int  # ... and closed
