@@ -261,7 +261,13 @@ def test_go_sampler_rate_is_put_back(tmp_path):
         goprof = subprocess.Popen([*goprof_command(), "mem", "--pid", str(target.pid), "-d",
                                    "3s", "--go-sampler", "-o", str(out)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(2)
+        # The rate is written before recording starts (a compile of the BPF program on
+        # a cold cache and a loaded machine can take seconds: no fixed sleep).
+        assert goprof.stderr is not None
+        seen: list[str] = []
+        while not seen or ("recording" not in seen[-1] and seen[-1]):
+            seen.append(goprof.stderr.readline())
+        assert "recording" in seen[-1], seen
         during = read_rate(target.pid, binary)
         _, err = goprof.communicate(timeout=60)
         assert goprof.returncode == 0, err

@@ -52,32 +52,46 @@ class GoInfo:
 def go_info(binary: BinarySymbols, path: str, tls_g: int | None = None) -> GoInfo | None:
     """The label-reading offsets of a Go binary; None when it is not Go or its runtime's
     layout is unknown (its samples then carry no labels: never a wrong one)."""
+    return explain_go_info(binary, path, tls_g)[0]
+
+
+def explain_go_info(binary: BinarySymbols, path: str, tls_g: int | None = None
+                    ) -> tuple[GoInfo | None, str | None]:
+    """go_info, and why there is none for a Go program (None for a program that is not
+    Go: it has no labels to miss)."""
     if not binary.is_go:
-        return None
+        return None, None
     minor = go_minor(binary.go_version)
     if minor is None:
-        return None
+        return None, "its Go version is unknown (damaged build info)"
     try:
         layout = runtime_layout(binary, path=path)
-    except SymbolizerError:
-        return None
+    except SymbolizerError as e:
+        return None, str(e)
     return GoInfo(tls_g or 0, layout.g_m, layout.g_goid, layout.g_labels, layout.m_curg,
-                  LABELS_MAP if minor <= 23 else LABELS_SLICE)
+                  LABELS_MAP if minor <= 23 else LABELS_SLICE), None
 
 
 def target_go_info(pid: int, cache: BinaryCache, *, from_tls: bool) -> GoInfo | None:
-    """go_info of the program a process runs now. `from_tls`: the program finds g
-    through thread-local storage (the CPU program; uprobes have it in R14), so a
-    binary whose TLS offset is not recognised gets no labels."""
+    """go_info of the program a process runs now (see target_labels)."""
+    return target_labels(pid, cache, from_tls=from_tls)[0]
+
+
+def target_labels(pid: int, cache: BinaryCache, *, from_tls: bool
+                  ) -> tuple[GoInfo | None, str | None]:
+    """go_info of the program a process runs now, and why there is none for a Go
+    program. `from_tls`: the program finds g through thread-local storage (the CPU
+    program; uprobes have it in R14), so a binary whose TLS offset goprof does not
+    recognise gets no labels."""
     path = f"/proc/{pid}/exe"
     try:
         binary = cache.get(path)
         tls_g = g_tls_offset(binary) if from_tls and binary.is_go else None
-    except (OSError, SymbolizerError):
-        return None
-    if from_tls and tls_g is None:
-        return None
-    return go_info(binary, path, tls_g)
+    except (OSError, SymbolizerError) as e:
+        return None, f"its executable cannot be read ({e})"
+    if from_tls and binary.is_go and tls_g is None:
+        return None, "goprof does not recognise how its runtime finds g in thread-local storage"
+    return explain_go_info(binary, path, tls_g)
 
 
 def fsbase_offset() -> tuple[int, str | None]:

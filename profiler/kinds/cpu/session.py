@@ -14,7 +14,7 @@ from goprof.kinds.cpu.build import build_cpu
 from goprof.kinds.cpu.recorder import CpuRecorder, Stats
 from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
-from goprof.recording.labels import fsbase_offset, target_go_info
+from goprof.recording.labels import fsbase_offset, target_go_info, target_labels
 from goprof.recording.session import Recording, RecordingSession, Rows
 from goprof.recording.windows import ExecEvent, wall_time_of
 from goprof.symbolizer import KernelSymbolizer, load_kernel_symbolizer
@@ -59,7 +59,11 @@ class CpuSession(RecordingSession):
 
     def add_targets(self, recorder: CpuRecorder, targets: list[Target]) -> None:
         for t in targets:
-            recorder.add_target(t.pid, target_go_info(t.pid, self.images.cache, from_tls=True))
+            go, why = target_labels(t.pid, self.images.cache, from_tls=True)
+            if why:
+                self.console.print(f"[yellow]note:[/] {t.label}: its samples carry no pprof "
+                                   f"labels: {why}")
+            recorder.add_target(t.pid, go)
 
     def on_new_image(self, event: ExecEvent, recorder: CpuRecorder, said: bool) -> None:
         # Labels of the new program's goroutines: its own Go version's offsets.

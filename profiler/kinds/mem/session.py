@@ -27,7 +27,7 @@ from goprof.kinds.mem.build import AllocProfileBuilder, MethodChoice
 from goprof.kinds.mem.recorder import MemRecorder, MemStats, Probe
 from goprof.model import Profile
 from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
-from goprof.recording.labels import go_info
+from goprof.recording.labels import explain_go_info
 from goprof.recording.session import Recording, RecordingSession, Rows
 from goprof.recording.windows import ExecEvent
 from goprof.targets import Target, target_for_pid
@@ -190,7 +190,11 @@ class MemSession(RecordingSession):
             recorder.attach(Probe(proc.path, site.file_offset, site.program, site.function),
                             enable=self.recording)
             self.attached.add(key)
-        recorder.add_target(pid, layout, generation, go_info(proc.binary, proc.path))
+        go, why = explain_go_info(proc.binary, proc.path)
+        if why:
+            self.console.print(f"[yellow]note:[/] {proc.target.label}: its allocations carry "
+                               f"no pprof labels: {why}")
+        recorder.add_target(pid, layout, generation, go)
         return MethodChoice(method, rate)
 
     def on_new_image(self, event: ExecEvent, recorder: MemRecorder, said: bool) -> None:
