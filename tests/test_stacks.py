@@ -43,6 +43,7 @@ def assert_no_collisions(stats_path, stderr: str) -> dict:
     stats = json.loads(stats_path.read_text())
     key = "stack_collisions" if "stack_collisions" in stats else "collisions"
     assert stats[key] == 0, stats
+    assert stats.get("stacks_full", 0) == 0, stats  # goprof mem: the stack map had no room
     m = re.search(r"^stack collisions\s+(\d+)", stderr, re.M)
     assert m and m.group(1) == "0", stderr
     return stats
