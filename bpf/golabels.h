@@ -168,6 +168,9 @@ static __always_inline int raw_labels(u64 labels, struct go_info *go,
             break;
         h = mix_word(mix_word(h, s->raw[i].key.ptr), s->raw[i].key.len);
         h = mix_word(mix_word(h, s->raw[i].value.ptr), s->raw[i].value.len);
+        // Said at every sample, not only when the strings are first copied.
+        if (s->raw[i].key.len > LABEL_KEY_MAX || s->raw[i].value.len > LABEL_VALUE_MAX)
+            *status |= LABELS_CAPPED;
     }
     *fp = h ? h : 1;
     return n;
