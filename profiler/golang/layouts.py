@@ -73,7 +73,9 @@ ROWS: dict[Field, dict[int, Slot | None]] = {
     # never read with a guessed offset.
     (G, WHOLE): {26: Slot(0, 456)},
     (G, "stack"): {26: Slot(0, 16)},  # stack{lo, hi}
-    (G, "sched"): {26: Slot(56, 48)},  # gobuf: the saved context of a g not running
+    # gobuf: the saved context of a g not running; its size is not assumed (Go 1.19-1.24
+    # keep a ret field: 56 bytes), only the offsets of sp, pc and bp in it.
+    (G, "sched"): {26: Slot(56, None)},
     (G, "syscallsp"): {26: Slot(104, 8)},
     (G, "syscallpc"): {26: Slot(112, 8)},
     (G, "syscallbp"): {26: Slot(120, 8)},
