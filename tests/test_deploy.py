@@ -38,7 +38,8 @@ CONFIG_MOUNT = "/etc/goprof/agent.yaml"
 # dashes). Checked against the real parser below when it is importable.
 AGENT_FLAGS = {
     "pid", "exe", "comm", "cgroup",
-    "window", "frequency", "kernel", "mem", "mem-rate", "service-name", "hostname",
+    "window", "frequency", "kernel", "mem", "mem-rate", "goroutines", "goroutine-ids",
+    "service-name", "hostname",
     "parca", "insecure", "parca-ca", "parca-token-file",
     "pyroscope", "pyroscope-user", "pyroscope-password-file", "pyroscope-token-file",
     "tenant-id",
