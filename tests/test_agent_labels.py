@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 from collections import Counter, defaultdict
+from datetime import datetime
 from pathlib import Path
 
 from tests import gobuild
@@ -39,20 +40,24 @@ def private_copy(fixture: str, toolchain: str, variant: str, folder: Path) -> Pa
     return path
 
 
-def start(argv: list[str], word: str = "ready") -> tuple[subprocess.Popen, dict]:
-    """The program, once it says `word`; its workers' goroutine ids by route (None: the
-    unlabelled one), from the lines before."""
+def start(argv: list[str]) -> tuple[subprocess.Popen, dict]:
+    """The program, once it says ready; its workers' goroutine ids by route."""
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return p, read_workers(p)
+
+
+def read_workers(p: subprocess.Popen) -> dict[str | None, int]:
+    """The goroutine ids of the workers (None: the unlabelled one) a running program
+    prints as "worker route=R goroutine=N" lines, up to its "ready"."""
     assert p.stdout is not None
     workers: dict[str | None, int] = {}
-    while True:
-        line = p.stdout.readline()
-        assert line, f"{argv[0]} exited before saying {word}"
+    for line in p.stdout:
         m = WORKER_RE.match(line.strip())
         if m:
             workers[m.group(1) or None] = int(m.group(2))
-        if line.startswith(word):
-            return p, workers
+        if line.startswith("ready"):
+            return workers
+    raise AssertionError(f"{p.args[0]} exited before saying ready")
 
 
 def function_samples(profiles, func: str, index: int = 0, anywhere: bool = False
@@ -223,3 +228,48 @@ def test_allocation_labels_and_goroutine_counts_in_a_directory(tmp_path: Path) -
         assert groups[(("role", "select"),)] == 2, groups
     assert len(files(allocating.pid, "goroutines")) >= 3, "every process, every window"
     print(f"alloc split {split}; goparked: {own} goroutines, {len(gor)} windows")
+
+
+def test_labels_and_goroutines_follow_an_exec(tmp_path: Path) -> None:
+    """execer (Go, no labels) execs labelsplit in its place: the kernel drops the old
+    program's label offsets at the exec and the agent gives it the new program's when
+    it picks the pid up anew, so the windows from then on split main.work by route as
+    built, with the workers' ids, and the goroutine profiles are the new program's."""
+    execer = private_copy("execer", "go1.26", "normal", tmp_path)
+    program = private_copy("labelsplit", "go1.26", "stripped", tmp_path)
+    out = tmp_path / "profiles"
+    target, _ = start([str(execer), "-wait", "-before", "1s", "--", str(program),
+                       "-duration", "60s"])
+    try:
+        agent = Agent("--pid", str(target.pid), "--goroutine-ids", "--goroutines",
+                      "--output-dir", str(out), "-F", "497", "--duration", "7s")
+        agent.wait_log("process picked up", pid=target.pid, exe=str(execer))
+        target.send_signal(signal.SIGUSR1)
+        anew = agent.wait_log("process picked up", pid=target.pid, exe=str(program))
+        workers = read_workers(target)  # the new program's, on the same stdout
+        assert agent.wait() == 0, "".join(agent.raw)
+    finally:
+        stop_target(target)
+    assert anew["pprof_labels"] is True, anew
+    assert agent.logged("process exec'd: profiled anew"), "".join(agent.raw)
+    assert set(workers) == set(ROUTES), workers
+    since = int(datetime.fromisoformat(anew["time"].replace("Z", "+00:00")).timestamp() * 1e9)
+
+    def windows(kind: str) -> list:
+        profiles = [read_pprof(f) for f in sorted(out.glob(f"*-{target.pid}-*.{kind}.pb.gz"))]
+        return [p for p in profiles if p.time_nanos >= since]  # the new program's, labelled
+
+    cpu = windows("cpu")
+    assert len(cpu) >= 3, sorted(p.name for p in out.iterdir())
+    work = function_samples(cpu, "main.work")
+    split, n = route_split(work)
+    for route, truth in ROUTES.items():
+        assert abs(split.get(route, 0.0) - truth) <= share_tolerance(truth, n, 4.0), \
+            (route, split, n)
+    for labels, _ in work:
+        assert labels.get("goroutine") == workers[labels.get("route")], (labels, workers)
+    gor = windows("goroutines")
+    assert len(gor) >= 3
+    for prof in gor:
+        assert sum(goroutine_groups(prof).values()) == LABELSPLIT_GOROUTINES
+    print(f"after the exec: cpu split {split} of {n} samples, {len(gor)} goroutine windows")
