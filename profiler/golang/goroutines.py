@@ -17,6 +17,8 @@ import errno
 import os
 import struct
 import time
+from collections import namedtuple
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from goprof.errors import EnvironmentProblem
@@ -52,30 +54,13 @@ _FIELDS = (("goid", "Q"), ("atomicstatus", "I"), ("waitreason", "B"), ("waitsinc
            ("syscallbp", "Q"))
 
 
-@dataclass(slots=True)
-class RawG:
-    goid: int
-    atomicstatus: int
-    waitreason: int
-    waitsince: int
-    lockedm: int
-    parent_goid: int
-    gopc: int
-    startpc: int
-    labels: int
-    stack_lo: int
-    stack_hi: int
-    sched_sp: int
-    sched_pc: int
-    sched_bp: int
-    syscallsp: int
-    syscallpc: int
-    syscallbp: int
+RAW_FIELDS = tuple(name for name, _ in _FIELDS)
 
-    def key(self) -> tuple[int, ...]:
-        """What must hold still between two reads for the stack read to be this g's."""
-        return (self.goid, self.atomicstatus, self.sched_sp, self.sched_pc, self.syscallsp,
-                self.syscallpc)
+
+def key_of(g) -> int:
+    """What must hold still between two reads of a g for its stack read to be its own, as
+    one hash (100,000 tuples would cost ~30 MB; a collision, 2**-64, misses a change)."""
+    return hash((g.goid, g.atomicstatus, g.sched_sp, g.sched_pc, g.syscallsp, g.syscallpc))
 
 
 @dataclass(slots=True)
@@ -111,6 +96,7 @@ class ReadStats:
     reads: int = 0  # preads of the target's memory
     bytes_read: int = 0
     read_s: float = 0.0
+    read_cpu_s: float = 0.0  # goprof's own CPU time in the read (user + system)
     labels: LabelStats = field(default_factory=LabelStats)
 
 
@@ -179,18 +165,24 @@ class GoroutineReader:
             at = off + struct.calcsize("<" + f)
             self._names.append(name)
         self._g = struct.Struct(fmt)
-        self._has_syscallbp = layout.syscallbp is not None
+        # A g as read: a named tuple of the fields, in the order of their offsets.
+        self._raw = namedtuple("RawG", self._names)._make
+        self._now_ns = 0
+        self._stacks: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._lookups: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._labels: dict[int, dict[str, str]] = {}  # pointer -> labels (sets are shared)
 
     def read(self) -> Snapshot:
         stats = ReadStats()
-        started, t0 = time.time_ns(), time.monotonic()
+        started, t0, cpu0 = time.time_ns(), time.monotonic(), time.process_time()
+        self._now_ns = time.monotonic_ns()  # nanotime(): CLOCK_MONOTONIC, as waitsince
         mem = _Mem(self.pid, self.label, stats)
         try:
             out = self._read(mem, stats)
         finally:
             mem.close()
             stats.read_s = time.monotonic() - t0
+            stats.read_cpu_s = time.process_time() - cpu0
         return Snapshot(out, stats, started)
 
     # -- the steps --------------------------------------------------------------------
@@ -209,22 +201,23 @@ class GoroutineReader:
         if raw is None:
             raise EnvironmentProblem(f"{self.label}: runtime.allgs is not readable")
         addrs = [a for a in struct.unpack(f"<{n}Q", raw) if a]
-        first = self._read_gs(mem, addrs, stats)
+        # One pass over the gs in address order (batched reads), each goroutine's stack
+        # read and unwound as its g comes; only a digest of what must hold still is kept.
         out: dict[int, GoroutineRead | None] = {}
-        for addr in addrs:
-            g = first.get(addr)
+        keys: dict[int, int] = {}
+        seen = 0
+        for addr, g in self._read_gs(mem, addrs):
+            seen += 1
             if g is None:
                 stats.unreadable += 1
-                continue
-            if g.atomicstatus & ~0x1000 in ALIVE_SKIP:
+            elif g.atomicstatus & ~0x1000 in ALIVE_SKIP:
                 stats.dead += 1
-                continue
-            out[addr] = self._goroutine(mem, addr, g, stats)
+            else:
+                out[addr] = self._goroutine(mem, addr, g, stats)
+                keys[addr] = key_of(g)
         # Which changed while read: a second look at every g, in batches again.
-        second = self._read_gs(mem, list(out), stats)
-        for addr in list(out):
-            again = second.get(addr)
-            if again is not None and again.key() == first[addr].key():
+        for addr, again in self._read_gs(mem, list(out)):
+            if again is not None and key_of(again) == keys[addr]:
                 continue
             stats.retried += 1
             out[addr] = self._retry(mem, addr, stats)
@@ -248,25 +241,23 @@ class GoroutineReader:
                 return None  # it exited meanwhile: dead now
             last = self._goroutine(mem, addr, g, stats)
             again = self._one(mem, addr)
-            if again is not None and again.key() == g.key():
+            if again is not None and key_of(again) == key_of(g):
                 return last
         assert last is not None
         last.changed = True
         return last
 
-    def _one(self, mem: _Mem, addr: int) -> RawG | None:
+    def _one(self, mem: _Mem, addr: int) -> tuple | None:
         data = mem.read(addr, self._g.size)
         return None if data is None else self._parse(data, 0)
 
-    def _parse(self, data: bytes, at: int) -> RawG:
-        values = dict(zip(self._names, self._g.unpack_from(data, at), strict=True))
-        values.setdefault("syscallbp", 0)
-        return RawG(**values)
+    def _parse(self, data: bytes, at: int):
+        return self._raw(self._g.unpack_from(data, at))
 
-    def _read_gs(self, mem: _Mem, addrs: list[int], stats: ReadStats) -> dict[int, RawG]:
-        """The g structs at addrs, contiguous ones in one read each."""
+    def _read_gs(self, mem: _Mem, addrs: list[int]) -> Iterator[tuple[int, tuple | None]]:
+        """(address, g) of every g at addrs in address order (None: unreadable), the
+        contiguous ones read in one go."""
         size = self.layout.g_size
-        out: dict[int, RawG] = {}
         order = sorted(set(addrs))
         i = 0
         while i < len(order):
@@ -277,20 +268,15 @@ class GoroutineReader:
             start = order[i]
             data = mem.read(start, order[j - 1] + size - start)
             for a in order[i:j]:
-                if data is not None:
-                    out[a] = self._parse(data, a - start)
-                else:  # a hole in the range: one by one
-                    g = self._one(mem, a)
-                    if g is not None:
-                        out[a] = g
+                # A hole in the range (data None): one by one.
+                yield a, self._parse(data, a - start) if data is not None else self._one(mem, a)
             i = j
-        return out
 
-    def _goroutine(self, mem: _Mem, addr: int, g: RawG, stats: ReadStats) -> GoroutineRead:
+    def _goroutine(self, mem: _Mem, addr: int, g, stats: ReadStats) -> GoroutineRead:
         base = g.atomicstatus & ~0x1000
         wait_ns = 0
         if base in (G_WAITING, G_SYSCALL) and g.waitsince:
-            wait_ns = max(time.monotonic_ns() - g.waitsince, 0)
+            wait_ns = max(self._now_ns - g.waitsince, 0)
         labels = self._labels_of(mem, g.labels, stats)
         out = GoroutineRead(addr, g.goid, g.atomicstatus,
                             state_of(g.atomicstatus, g.waitreason, self.reasons), wait_ns,
@@ -298,7 +284,7 @@ class GoroutineReader:
         # As the runtime's traceback: a goroutine in a system call from its syscall
         # context (whatever its status says), else from g.sched unless it is running.
         if g.syscallsp:
-            pc, sp, bp = g.syscallpc, g.syscallsp, g.syscallbp
+            pc, sp, bp = g.syscallpc, g.syscallsp, getattr(g, "syscallbp", 0)
         elif base == G_RUNNING:
             out.stack_note = "stack unavailable while running"
             return out
@@ -321,7 +307,12 @@ class GoroutineReader:
             stats.unreadable += 1
             return out
         u = self.unwinder.unwind(stack, sp, pc, sp, bp)
-        out.pcs, out.lookups, out.fp_frames = u.pcs, u.lookups, u.fp_frames
+        # Goroutines share stacks: one tuple per distinct stack (memory), named once.
+        pcs = self._stacks.get(u.pcs)
+        if pcs is None:
+            pcs = self._stacks[u.pcs] = u.pcs
+            self._lookups[pcs] = self.unwinder.lookups(pcs)
+        out.pcs, out.lookups, out.fp_frames = pcs, self._lookups[pcs], u.fp_frames
         if not u.complete:
             out.stack_note = "stack incomplete"
         return out

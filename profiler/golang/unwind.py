@@ -7,6 +7,7 @@ followed instead (Go keeps frame pointers on amd64), and counted."""
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 from goprof.symbolizer.binary import BinarySymbols
@@ -32,7 +33,6 @@ class PcInfo:
 @dataclass(slots=True)
 class Unwound:
     pcs: tuple[int, ...]  # resumption pc, then return addresses (runtime addresses)
-    lookups: tuple[int, ...]  # where each is named: pc - 1 (the call), or pc at an entry
     fp_frames: int  # frames found through the frame-pointer chain
     complete: bool  # ended at runtime.goexit (or another top function)
 
@@ -78,39 +78,45 @@ class Unwinder:
         return func_id == self.wrapper_id
 
     def unwind(self, stack: bytes, base: int, pc: int, sp: int, bp: int) -> Unwound:
-        """stack: the goroutine's memory from `base` (its sp) to the top of its stack."""
-        end = base + len(stack)
+        """stack: the goroutine's memory from `base` (its sp, 8-aligned) to the top of
+        its stack."""
+        words = array("Q")
+        words.frombytes(stack if not len(stack) & 7 else stack[:len(stack) & ~7])
+        n = len(words)
         pcs: list[int] = []
-        lookups: list[int] = []
         fp_frames = 0
         complete = False
-
-        def word(addr: int) -> int | None:
-            if base <= addr and addr + 8 <= end:
-                return int.from_bytes(stack[addr - base:addr - base + 8], "little")
-            return None
-
+        infos = self._info
         for _ in range(MAX_FRAMES):
-            info = self.info(pc)
+            info = infos.get(pc)
+            if info is None:
+                info = self.info(pc)
             if not info.wrapper:
                 pcs.append(pc)
-                lookups.append(pc if info.entry == pc else pc - 1)
             if info.top:
                 complete = True
                 break
-            if info.spdelta is not None and info.spdelta >= 0:
-                fp = sp + info.spdelta + 8
-                ret = word(fp - 8)
-                if info.spdelta > 0:  # the function pushed the caller's BP below its return
-                    saved = word(fp - 16)
-                    bp = saved if saved is not None else 0
-                sp = fp
-            else:
-                if not (sp <= bp and bp + 16 <= end):
+            delta = info.spdelta
+            if delta is not None and delta >= 0:
+                i = (sp - base + delta) >> 3  # the return address, at sp + frame size
+                if not 0 <= i < n:
                     break
-                ret, sp, bp = word(bp + 8), bp + 16, word(bp) or 0
+                ret = words[i]
+                if delta > 0:  # the function pushed the caller's BP just below it
+                    bp = words[i - 1] if i >= 1 else 0
+                sp += delta + 8
+            else:
+                i = (bp - base) >> 3
+                if bp < sp or bp & 7 or not 0 <= i < n - 1:
+                    break
+                ret, sp, bp = words[i + 1], bp + 16, words[i]
                 fp_frames += 1
             if not ret:
                 break
             pc = ret
-        return Unwound(tuple(pcs), tuple(lookups), fp_frames, complete)
+        return Unwound(tuple(pcs), fp_frames, complete)
+
+    def lookups(self, pcs: tuple[int, ...]) -> tuple[int, ...]:
+        """Where to name each pc: at the call (pc - 1), or at pc itself where it is a
+        function's entry (a goroutine that has not run yet), as the runtime does."""
+        return tuple(pc if self.info(pc).entry == pc else pc - 1 for pc in pcs)

@@ -24,7 +24,7 @@ class CreatedBy:
     parent_goid: int
 
 
-@dataclass
+@dataclass(slots=True)
 class GoroutineEntry:
     goid: int
     state: str  # "chan receive", "running", ...
@@ -63,18 +63,35 @@ def header_of(g: GoroutineRead) -> str:
 
 def build_entries(snapshot: Snapshot, sym: ProcessSymbolizer, entry_of) -> list[GoroutineEntry]:
     out = []
+    named: dict[tuple[int, ...], tuple] = {}  # stacks repeat: each distinct one named once
+    created: dict[tuple[int, int], CreatedBy | None] = {}
+    starts: dict[int, str] = {}
+    headers: dict[str, str] = {}  # the same few headers, shared (memory)
+    system: dict[tuple[str, int], bool] = {}
     for g in sorted(snapshot.goroutines, key=lambda g: g.goid):
-        locations = tuple(sym.locate(a) for a in g.lookups)
-        start = sym.locate(g.startpc).frames
-        start_fn = start[-1].function if start else ""
+        stack = named.get(g.pcs)
+        if stack is None:
+            stack = named[g.pcs] = (tuple(sym.locate(a) for a in g.lookups),
+                                    tuple(entry_of(pc) for pc in g.pcs))
+        start_fn = starts.get(g.startpc)
+        if start_fn is None:
+            start = sym.locate(g.startpc).frames
+            start_fn = starts[g.startpc] = start[-1].function if start else ""
+        by = (g.gopc, g.parent_goid)
+        if by not in created:
+            created[by] = _created_by(g, sym, entry_of)
         base = g.status & ~G_SCAN
         note = g.stack_note
         if note.startswith("stack unavailable while running"):
             note = RUNNING_NOTE
+        header = header_of(g)
+        header = headers.setdefault(header, header)
+        sys_key = (start_fn, base)
+        if sys_key not in system:
+            system[sys_key] = is_system(start_fn, base)
         out.append(GoroutineEntry(
-            g.goid, g.state, header_of(g), base, g.labels, g.pcs, locations,
-            tuple(entry_of(pc) for pc in g.pcs), _created_by(g, sym, entry_of), note,
-            g.changed, is_system(start_fn, base)))
+            g.goid, g.state, header, base, g.labels, g.pcs, stack[0], stack[1],
+            created[by], note, g.changed, system[sys_key]))
     return out
 
 

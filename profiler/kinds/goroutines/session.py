@@ -147,7 +147,8 @@ class GoroutineSession(ProfileSession):
             ("no stack", f"{s.running} running; {s.unreadable} unreadable; "
                          f"{s.incomplete} incomplete"),
             ("frame-pointer frames", f"{s.fp_frames} (where the pcsp table was unreadable)"),
-            ("read", f"{s.read_s * 1000:.0f} ms, {s.reads} reads, {s.bytes_read // 1024} KiB"),
+            ("read", f"{s.read_s * 1000:.0f} ms ({s.read_cpu_s * 1000:.0f} ms of CPU), "
+                     f"{s.reads} reads, {s.bytes_read // 1024} KiB"),
             ("unnamed frames", f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}"),
         ]
 
@@ -160,7 +161,7 @@ class GoroutineSession(ProfileSession):
             "allglen": s.allglen, "dead": s.dead, "changed": s.changed, "retried": s.retried,
             "running": s.running, "unreadable": s.unreadable, "incomplete": s.incomplete,
             "fp_frames": s.fp_frames, "cut_stacks": s.cut_stacks, "reads": s.reads,
-            "bytes_read": s.bytes_read, "read_s": s.read_s,
+            "bytes_read": s.bytes_read, "read_s": s.read_s, "read_cpu_s": s.read_cpu_s,
             "labels": vars(s.labels),
             "unnamed_frames": builder.stats.unnamed_frames,
             "total_s": time.monotonic() - self.started_mono,
