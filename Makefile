@@ -4,6 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 VENV := .venv
 PY := $(VENV)/bin/python
 OUT := out
+GO := go
 
 .PHONY: setup setup-test demo test lint proto bench clean
 
@@ -24,8 +25,13 @@ demo: setup
 	  echo "profiling the demo service (pid $$pid) for 10 s"; \
 	  goprof cpu --pid $$pid --duration 10s -o $(OUT)/demo.pb.gz \
 	    -o $(OUT)/demo.speedscope.json -o $(OUT)/demo.folded; \
+	  echo; echo "CPU by the service's pprof label route (go tool pprof -tags):"; \
+	  $(GO) tool pprof -tags $(OUT)/demo.pb.gz 2>/dev/null | sed -n '/route:/,/^ *$$/p'; \
+	  echo "its goroutines now (goprof goroutines):"; \
+	  goprof goroutines --pid $$pid -o $(OUT)/demo-goroutines.pb.gz; \
 	  echo; echo "open them with: go tool pprof -http=127.0.0.1:8080 $(OUT)/demo.pb.gz" \
-	    "| speedscope $(OUT)/demo.speedscope.json | flamegraph.pl $(OUT)/demo.folded"
+	    "| speedscope $(OUT)/demo.speedscope.json | flamegraph.pl $(OUT)/demo.folded"; \
+	  echo "  go tool pprof -tagfocus route=/hash -top $(OUT)/demo.pb.gz"
 
 test: setup-test
 	$(PY) -m ruff check .

@@ -9,7 +9,10 @@
 - layouts: struct offsets, from DWARF else a (struct, field) table per Go version;
 - dwarf: struct types read from DWARF;
 - process: a running target's Go runtime seen from outside (binary, bias, rates);
-- writes: the writes goprof puts into a target's runtime, shared and recorded.
+- writes: the writes goprof puts into a target's runtime, shared and recorded;
+- tls: where a thread's g lives in its thread-local storage (offset from the FS base);
+- labels, goroutines, gstatus, unwind: every goroutine of a running program, its
+  state, pprof labels and stack (`goprof goroutines`).
 
 Nothing is imported here: goprof.symbolizer imports goprof.golang.buildinfo, which
 imports goprof.symbolizer's ELF reader in turn.

@@ -124,7 +124,9 @@ def decode_label_set(raw: bytes) -> LabelSet:
 class LabelCounts:
     """What label reading reports at the end of a run (nothing silent)."""
 
-    sets: int = 0  # distinct label sets seen (per window: a set in two windows counts twice)
+    # Distinct label sets (by content) per window, summed over windows. pprof.Do makes a
+    # new set per call, so one content may have had many copies in the kernel's map.
+    sets: int = 0
     capped: int = 0  # samples or events whose labels were cut to the caps
     unreadable: int = 0  # samples or events whose goroutine's labels could not be read
     full: int = 0  # samples or events whose new label set found the label map full
@@ -142,6 +144,11 @@ class LabelCounts:
             parts.append(f"{self.unreadable + self.full} samples unread"
                          + (f" ({self.full} with the label map full)" if self.full else ""))
         return ", ".join(parts)
+
+
+def distinct_sets(label_sets: dict[int, LabelSet]) -> int:
+    """How many different label sets (by content) a window's fingerprints stand for."""
+    return len({ls.labels for ls in label_sets.values()})
 
 
 def sample_labels(base: dict[str, str], labels: Labels) -> dict[str, str]:

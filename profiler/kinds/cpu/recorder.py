@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.recording.labels import GO_INFO, NO_GO_INFO, GoInfo, LabelCounts, Labels
+from goprof.recording.labels import (
+    GO_INFO,
+    NO_GO_INFO,
+    GoInfo,
+    LabelCounts,
+    Labels,
+    distinct_sets,
+)
 from goprof.recording.windows import Counters, WindowedMaps
 
 SOURCE = "cpu.c"
@@ -37,7 +44,10 @@ ERR_SLOTS = 10
 SAMPLE_KEY = struct.Struct("<IIQQQQQII")
 # generation, padding, then bpf/golabels.h's go_info
 TARGET_INFO = struct.Struct("<II" + GO_INFO.format[1:])
-LABEL_SETS_SIZE = 2048  # distinct label sets one window can hold
+# Label sets one window can hold (1952 bytes each, preallocated). A service that labels
+# every request with pprof.Do makes a new set per request, so there can be one per
+# sample; a full map leaves a sample's labels unread, counted.
+LABEL_SETS_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,7 @@ class CpuRecorder(WindowedMaps):
         out.stats.user_stack_errors = totals[ERR_USER_STACK]
         out.stats.kernel_stack_errors = totals[ERR_KERNEL_STACK]
         out.stats.counts_full = totals[ERR_COUNTS_FULL]
-        out.stats.labels = LabelCounts(len(label_sets), totals[ERR_LABELS_CAPPED],
+        out.stats.labels = LabelCounts(distinct_sets(label_sets), totals[ERR_LABELS_CAPPED],
                                        totals[ERR_LABELS_UNREAD], totals[ERR_LABELS_FULL])
         missed = self._program_info().recursion_misses
         out.stats.missed_runs = missed - self._missed_before

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from goprof.bpf import syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.recording.labels import GO_INFO, NO_GO_INFO, GoInfo, LabelCounts, Labels
+from goprof.recording.labels import (
+    GO_INFO,
+    NO_GO_INFO,
+    GoInfo,
+    LabelCounts,
+    Labels,
+    distinct_sets,
+)
 from goprof.recording.windows import Counters, WindowedMaps
 
 SOURCE = "mem.c"
@@ -50,7 +57,7 @@ SPAN_STATE = struct.Struct("<qQQQ")  # until_sample, bytes, objects, events (per
 UPROBE_FLIP_GRACE_S = 0.05  # see goprof.recording.windows
 COUNTS_SIZE = 16384
 STACKS_SIZE = 16384
-LABEL_SETS_SIZE = 2048
+LABEL_SETS_SIZE = 4096  # 1952 bytes each; a full map leaves labels unread, counted
 
 
 @dataclass(frozen=True)
@@ -223,8 +230,8 @@ class MemRecorder(WindowedMaps):
         t = self.take_errors()
         s = out.stats
         s.hits, s.sampled, s.stacks_full = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_STACKS_FULL]
-        s.labels = LabelCounts(len(label_sets), t[ERR_LABELS_CAPPED], t[ERR_LABELS_UNREAD],
-                               t[ERR_LABELS_FULL])
+        s.labels = LabelCounts(distinct_sets(label_sets), t[ERR_LABELS_CAPPED],
+                               t[ERR_LABELS_UNREAD], t[ERR_LABELS_FULL])
         s.stack_errors, s.counts_full = t[ERR_STACK], t[ERR_COUNTS_FULL]
         s.morestack, s.read_errors = t[ERR_MORESTACK], t[ERR_READ]
         s.exec_pending = t[ERR_EXEC_PENDING]
