@@ -140,5 +140,22 @@ def test_goroutine_layout_from_dwarf_equals_the_table(toolchain):
         g["members"]["goid"][0], g["members"]["atomicstatus"][0], g["members"]["waitreason"][0])
     for variant in STRIPPED_VARIANTS:
         stripped = build(toolchain, variant)
+        if toolchain == "go1.19":  # DWARF only: no checked table rows for it
+            with pytest.raises(UnsupportedGo):
+                goroutine_layout(load_binary(str(stripped)), path=str(stripped))
+            continue
         assert goroutine_layout(load_binary(str(stripped)), path=str(stripped)) == \
             dataclasses.replace(got, source="table")
+
+
+def test_goroutine_layout_of_an_unchecked_version_is_unsupported(tmp_path):
+    """A stripped Go 1.25 binary: goprof has no checked g rows for it, so goroutines are
+    refused with a clear error (never read with a guessed offset); mem/heap's layout of
+    the same binary still works."""
+    from goprof.golang.layouts import goroutine_layout
+
+    path = with_go_version(build("go1.26", "stripped"), tmp_path / "stripped", 25)
+    with pytest.raises(UnsupportedGo) as err:
+        goroutine_layout(load_binary(str(path)), path=str(path))
+    assert "go1.25" in str(err.value) and "1.26, 1.27" in str(err.value)
+    assert runtime_layout(path).source == "table"

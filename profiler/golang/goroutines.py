@@ -166,7 +166,10 @@ class GoroutineReader:
             self._names.append(name)
         self._g = struct.Struct(fmt)
         # A g as read: a named tuple of the fields, in the order of their offsets.
-        self._raw = namedtuple("RawG", self._names)._make
+        # Fields this Go version lacks (syscallbp before 1.23, parentGoid before 1.21): 0.
+        missing = [n for n in RAW_FIELDS if n not in self._names]
+        self._zeros = (0,) * len(missing)
+        self._raw = namedtuple("RawG", self._names + missing)._make
         self._now_ns = 0
         self._stacks: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._lookups: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -252,7 +255,7 @@ class GoroutineReader:
         return None if data is None else self._parse(data, 0)
 
     def _parse(self, data: bytes, at: int):
-        return self._raw(self._g.unpack_from(data, at))
+        return self._raw(self._g.unpack_from(data, at) + self._zeros)
 
     def _read_gs(self, mem: _Mem, addrs: list[int]) -> Iterator[tuple[int, tuple | None]]:
         """(address, g) of every g at addrs in address order (None: unreadable), the

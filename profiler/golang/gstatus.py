@@ -31,7 +31,17 @@ _WAIT_REASONS_126 = (
     "synctest.Wait", "chan receive (durable)", "chan send (durable)", "select (durable)",
     "sync.WaitGroup.Wait (durable)", "cleanup wait",
 )
-WAIT_REASONS: dict[int, tuple[str, ...]] = {26: _WAIT_REASONS_126, 27: _WAIT_REASONS_126}
+# Go 1.19.8's (Debian's golang-1.19 source): a sync.Mutex wait is "semacquire" there.
+_WAIT_REASONS_119 = (
+    "", "GC assist marking", "IO wait", "chan receive (nil chan)", "chan send (nil chan)",
+    "dumping heap", "garbage collection", "garbage collection scan", "panicwait", "select",
+    "select (no cases)", "GC assist wait", "GC sweep wait", "GC scavenge wait",
+    "chan receive", "chan send", "finalizer wait", "force gc (idle)", "semacquire", "sleep",
+    "sync.Cond.Wait", "timer goroutine (idle)", "trace reader (blocked)",
+    "wait for GC cycle", "GC worker (idle)", "preempted", "debug call",
+)
+WAIT_REASONS: dict[int, tuple[str, ...]] = {19: _WAIT_REASONS_119, 26: _WAIT_REASONS_126,
+                                            27: _WAIT_REASONS_126}
 
 
 def wait_reasons(minor: int | None) -> tuple[str, ...] | None:

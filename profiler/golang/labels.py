@@ -4,10 +4,10 @@
 the goroutines started under it:
 - Go >= 1.24: a *labelMap, i.e. LabelSet{list []label}: a slice header (ptr, len, cap)
   of label{key, value string} (32 bytes each, sorted by key);
-- Go <= 1.23: a map[string]string (hmap: count at 0, B at 9, buckets at 16,
-  oldbuckets at 24; a bucket is tophash[8], keys[8]string, values[8]string,
-  overflow *bucket). Written from the runtime's map code; no toolchain <= 1.23 is
-  installed here, so this path is untested against a live program (said in the report).
+- Go <= 1.23: a *labelMap where labelMap is a map[string]string, i.e. a pointer to the
+  map's *hmap (hmap: count at 0, B at 9, buckets at 16, oldbuckets at 24; a bucket is
+  tophash[8], keys[8]string, values[8]string, overflow *bucket). Checked against a
+  Go 1.19.8 build (Debian's golang-1.19).
 
 Caps (each counted in LabelStats, never silent): MAX_LABELS pairs a goroutine, MAX_STRING
 bytes a key or value (cut, with "..." appended), MAX_BUCKETS buckets walked.
@@ -94,7 +94,10 @@ def _slice_labels(read: Reader, ptr: int, stats: LabelStats) -> list[tuple[str, 
 
 
 def _map_labels(read: Reader, ptr: int, stats: LabelStats) -> list[tuple[str, str]]:
-    head = _read(read, ptr, 32)
+    hmap = int.from_bytes(_read(read, ptr, 8), "little")  # *labelMap -> the map's *hmap
+    if not hmap:
+        return []
+    head = _read(read, hmap, 32)
     count = int.from_bytes(head[0:8], "little")
     b = head[9]
     buckets = int.from_bytes(head[16:24], "little")

@@ -145,7 +145,7 @@ class GoroutineLayout:
     waitsince: int  # int64, nanotime()
     waitreason: int  # uint8
     lockedm: int
-    parent_goid: int
+    parent_goid: int | None  # Go 1.21+ ("created by F in goroutine N")
     gopc: int
     startpc: int
     labels: int
@@ -153,8 +153,7 @@ class GoroutineLayout:
 
 
 GOROUTINE_FIELDS = ("stack", "sched", "syscallsp", "syscallpc", "atomicstatus", "goid",
-                    "waitsince", "waitreason", "lockedm", "parentGoid", "gopc", "startpc",
-                    "labels")
+                    "waitsince", "waitreason", "lockedm", "gopc", "startpc", "labels")
 
 
 @guarded
@@ -174,25 +173,27 @@ def goroutine_layout(binary: BinaryLike, *, path: str | None = None) -> Goroutin
     missing = [f for f in GOROUTINE_FIELDS if (G, f) not in rows]
     missing += [f"gobuf.{f}" for f in ("sp", "pc", "bp") if (GOBUF, f) not in rows]
     if (G, WHOLE) not in rows or missing:
-        where = "its DWARF" if source == "dwarf" else "goprof's table (Go 1.26 and 1.27)"
-        raise UnsupportedGo(
-            f"{path}: Go version {b.go_version or 'unknown'}: runtime.g's layout is not in "
-            f"{where} (missing: {', '.join(missing) or 'the struct'}); goroutines can be read "
-            "from binaries of Go 1.26 and 1.27, or of any version built with DWARF (without "
-            "-ldflags=-w)")
+        version = b.go_version or "an unknown Go version"
+        if source == "dwarf":
+            raise UnsupportedGo(f"{path}: its DWARF lacks runtime.g fields goprof reads "
+                                f"({', '.join(missing) or 'the struct'}; {version})")
+        raise UnsupportedGo(f"{path}: no runtime.g layout for {version} without DWARF "
+                            "(goprof's table: Go 1.26, 1.27); build without -ldflags=-w")
 
     def at(field: str, sub: str | None = None) -> int:
         base = rows[(G, field)].offset
         return base + rows[(GOBUF, sub)].offset if sub else base
 
     syscallbp = rows.get((G, "syscallbp"))
+    parent = rows.get((G, "parentGoid"))
     return GoroutineLayout(
         g_size=rows[(G, WHOLE)].size or 0, stack_lo=at("stack"),
         sched_sp=at("sched", "sp"), sched_pc=at("sched", "pc"), sched_bp=at("sched", "bp"),
         syscallsp=at("syscallsp"), syscallpc=at("syscallpc"),
         syscallbp=syscallbp.offset if syscallbp else None,
         atomicstatus=at("atomicstatus"), goid=at("goid"), waitsince=at("waitsince"),
-        waitreason=at("waitreason"), lockedm=at("lockedm"), parent_goid=at("parentGoid"),
+        waitreason=at("waitreason"), lockedm=at("lockedm"),
+        parent_goid=parent.offset if parent else None,
         gopc=at("gopc"), startpc=at("startpc"), labels=at("labels"), source=source)
 
 

@@ -14,10 +14,10 @@ from goprof.symbolizer.binary import BinarySymbols
 from goprof.symbolizer.errors import DATA_ERRORS, SymbolizerError
 
 MAX_FRAMES = 1024  # the runtime's own traceback prints at most 100; pprof keeps 128+
-# abi.FuncIDWrapper per Go minor (internal/abi/symtab.go of 1.26.8 and 1.27.3): the
+# abi.FuncIDWrapper per Go minor (internal/abi/symtab.go of 1.26.8, 1.27.3; 1.19.8): the
 # runtime leaves wrappers (the `go` statement's gowrapN, method wrappers) out of
 # tracebacks and profiles. Other versions: by the gowrap name alone.
-FUNC_ID_WRAPPER = {26: 23, 27: 23}
+FUNC_ID_WRAPPER = {19: 21, 26: 23, 27: 23}  # 1.19: runtime/symtab.go funcID_wrapper
 TOP_FUNCTIONS = frozenset(("runtime.goexit", "runtime.mstart", "runtime.rt0_go",
                            "runtime.mcall", "runtime.morestack"))
 

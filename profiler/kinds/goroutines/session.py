@@ -84,9 +84,9 @@ class GoroutineSession(ProfileSession):
                                      "Go pclntab): goprof goroutines reads Go programs only")
         self.proc = inspect(target, self.images.cache)
         try:
-            layout = goroutine_layout(self.proc.binary, path=self.proc.path)
+            layout = goroutine_layout(self.proc.binary, path=target.exe)
         except SymbolizerError as e:
-            raise EnvironmentProblem(f"{target.label}: {e}") from None
+            raise EnvironmentProblem(str(e)) from None
         self.reader = GoroutineReader(target.pid, target.label, self.proc.binary,
                                       self.proc.path, self.proc.bias, layout)
 
