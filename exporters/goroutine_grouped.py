@@ -6,9 +6,10 @@
     # labels: {"role":"chan", "team":"a"}
     #	0x5200d0	main.chanWaiter+0x30	/src/main.go:34
 
-The `@` line lists one return address per physical frame (runtime/pprof lists one per
-inlined call too); the `#` lines name each frame at the call (address - 1), the
-runtime's frames at the top hidden, aligned as Go's tabwriter aligns them."""
+The `@` line lists runtime/pprof's return addresses: one per call, inlined calls
+included (each at its inline mark); the `#` lines name each frame at the call
+(address - 1), the runtime's frames at the top hidden, aligned as Go's tabwriter
+aligns them."""
 
 from __future__ import annotations
 
@@ -36,23 +37,24 @@ def grouped_text(profile: Profile) -> str:
 
 
 def _record(g) -> str:
-    lines = ["@" + "".join(f" {pc:#x}" for pc in g.pcs)]
+    lines = ["@" + "".join(f" {pc:#x}" for pcs in g.inline_pcs for pc in pcs)]
     if g.labels:
         pairs = ", ".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in g.labels.items())
         lines.append(f"# labels: {{{pairs}}}")
     rows = []
     show = False
-    for loc, entry in zip(g.locations, g.entries, strict=True):
+    for loc, entry, pcs in zip(g.locations, g.entries, g.inline_pcs, strict=True):
         if not loc.frames:
             show = True
             rows.append(["#", f"{loc.address:#x}"])
             continue
-        for f in loc.frames:
+        for k, f in enumerate(loc.frames):
             if f.function == "runtime.goexit" or not (show or not hidden_runtime(f.function)):
                 continue
             show = True
-            off = f"+{loc.address - entry:#x}" if entry is not None else ""
-            rows.append(["#", f"{loc.address:#x}", f"{f.function}{off}", f"{f.file}:{f.line}"])
+            pc = pcs[k] - 1 if len(pcs) == len(loc.frames) else loc.address
+            off = f"+{pc - entry:#x}" if entry is not None else ""
+            rows.append(["#", f"{pc:#x}", f"{f.function}{off}", f"{f.file}:{f.line}"])
     if g.note:
         rows.append([f"# {g.note}"])
     lines += _tabwrite(rows)

@@ -82,8 +82,9 @@ def parse_text(text: str) -> dict[int, tuple[str, list[str]]]:
 
 
 def parse_grouped(text: str) -> dict[tuple, tuple[int, int]]:
-    """debug=1 text -> (labels, functions of the # lines): (count, leaf pc of the @ line)."""
-    out: dict[tuple, tuple[int, int]] = {}
+    """debug=1 text -> (labels, functions of the # lines): (count, the pcs of the @ line,
+    the # lines' addresses and offsets)."""
+    out: dict[tuple, tuple] = {}
     for block in text.strip().split("\n\n"):
         lines = block.splitlines()
         if lines[0].startswith("goroutine profile:"):
@@ -94,8 +95,9 @@ def parse_grouped(text: str) -> dict[tuple, tuple[int, int]]:
         labels = next((ln for ln in lines if ln.startswith("# labels:")), "")
         funcs = tuple(ln.split("\t")[2].rsplit("+", 1)[0] for ln in lines
                       if ln.startswith("#\t") and len(ln.split("\t")) > 2)
-        # runtime/pprof lists one @ pc per inlined call; goprof one per physical frame.
-        out[(labels, funcs)] = (int(m.group(1)), pcs[0] if pcs else 0)
+        named = tuple((ln.split("\t")[1], ln.split("\t")[2]) for ln in lines
+                      if ln.startswith("#\t") and len(ln.split("\t")) > 2)
+        out[(labels, funcs)] = (int(m.group(1)), tuple(pcs), named)
     return out
 
 
@@ -174,8 +176,9 @@ def test_goroutines_match_the_programs_own_dump(parked, tmp_path):
             found[top] = found.get(top, 0) + 1
     assert found == {top: n for top, (_, n, _) in expected.items()}
 
-    # Grouped (debug=1): counts, labels, frames and the leaf pc of every group that
-    # does not hold a moving goroutine.
+    # Grouped (debug=1): counts, labels, frames, the @ line's pcs (one per call, inlined
+    # ones included) and each # line's address and offset, for every group that does not
+    # hold a moving goroutine; and the text itself, byte for byte, tabs included.
     ours1 = parse_grouped((tmp_path / "g.grouped.txt").read_text())
     theirs1g = parse_grouped(theirs1)
 
@@ -183,6 +186,14 @@ def test_goroutines_match_the_programs_own_dump(parked, tmp_path):
         return {k: v for k, v in groups.items() if k[1] and not set(k[1]) & set(MOVING)}
 
     assert steady(ours1) == steady(theirs1g)
+    ours_text = (tmp_path / "g.grouped.txt").read_text()
+    assert ours_text.splitlines()[0] == theirs1.splitlines()[0]  # "...: total 14"
+
+    def blocks(text: str) -> list[str]:
+        return text.split("\n", 1)[1].strip("\n").split("\n\n")
+
+    compared = [b for b in blocks(theirs1) if not any(f in b for f in MOVING)]
+    assert len(compared) >= 7 and set(compared) <= set(blocks(ours_text)), compared
 
     # pprof: runtime/pprof's goroutine profile.
     prof = read_pprof(tmp_path / "g.pb.gz")

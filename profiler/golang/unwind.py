@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from goprof.symbolizer.binary import BinarySymbols
 from goprof.symbolizer.errors import DATA_ERRORS, SymbolizerError
 
+MAX_INLINE_DEPTH = 256
 MAX_FRAMES = 1024  # the runtime's own traceback prints at most 100; pprof keeps 128+
 # abi.FuncIDWrapper per Go minor (internal/abi/symtab.go of 1.26.8, 1.27.3; 1.19.8): the
 # runtime leaves wrappers (the `go` statement's gowrapN, method wrappers) out of
@@ -115,6 +116,30 @@ class Unwinder:
                 break
             pc = ret
         return Unwound(tuple(pcs), fp_frames, complete)
+
+    def inline_pcs(self, lookup: int) -> tuple[int, ...]:
+        """What runtime/pprof records for one physical frame named at `lookup`: one
+        "return address" per inlined call, innermost first: lookup + 1, then each
+        enclosing call's inline mark (the inline tree's parentPc) + 1. As many as the
+        frames the symbolizer gives for lookup; just (lookup + 1,) when unreadable."""
+        t = self.pclntab
+        out = [lookup + 1]
+        vaddr = lookup - self.bias
+        i = t.func_index(vaddr) if t is not None else None
+        if t is None or i is None:
+            return tuple(out)
+        try:
+            f = t.func(i)
+            if f.inl_tree < 0:
+                return tuple(out)
+            ix = t.pcvalue(f, f.inl_table, vaddr - t.text - f.entry)
+            while ix >= 0 and len(out) <= MAX_INLINE_DEPTH:
+                _name, parent, _start = t._inline_call(f, ix)
+                out.append(t.text + f.entry + parent + self.bias + 1)
+                ix = t.pcvalue(f, f.inl_table, parent)
+        except (SymbolizerError, *DATA_ERRORS):
+            return tuple(out[:1])
+        return tuple(out)
 
     def lookups(self, pcs: tuple[int, ...]) -> tuple[int, ...]:
         """Where to name each pc: at the call (pc - 1), or at pc itself where it is a

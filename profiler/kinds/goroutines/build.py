@@ -34,6 +34,8 @@ class GoroutineEntry:
     pcs: tuple[int, ...]  # leaf first, as runtime/pprof records them (return addresses)
     locations: tuple[Location, ...]  # named at the call (pc - 1), leaf first
     entries: tuple[int | None, ...]  # each location's function entry (for +0x offsets)
+    # Per location, runtime/pprof's "return addresses": one per inlined call (debug=1).
+    inline_pcs: tuple[tuple[int, ...], ...]
     created_by: CreatedBy | None
     note: str  # why the stack is missing or incomplete ("" when whole)
     changed: bool
@@ -61,7 +63,8 @@ def header_of(g: GoroutineRead) -> str:
     return out
 
 
-def build_entries(snapshot: Snapshot, sym: ProcessSymbolizer, entry_of) -> list[GoroutineEntry]:
+def build_entries(snapshot: Snapshot, sym: ProcessSymbolizer, entry_of,
+                  inline_pcs) -> list[GoroutineEntry]:
     out = []
     named: dict[tuple[int, ...], tuple] = {}  # stacks repeat: each distinct one named once
     created: dict[tuple[int, int], CreatedBy | None] = {}
@@ -72,7 +75,8 @@ def build_entries(snapshot: Snapshot, sym: ProcessSymbolizer, entry_of) -> list[
         stack = named.get(g.pcs)
         if stack is None:
             stack = named[g.pcs] = (tuple(sym.locate(a) for a in g.lookups),
-                                    tuple(entry_of(pc) for pc in g.pcs))
+                                    tuple(entry_of(pc) for pc in g.pcs),
+                                    tuple(inline_pcs(a) for a in g.lookups))
         start_fn = starts.get(g.startpc)
         if start_fn is None:
             start = sym.locate(g.startpc).frames
@@ -90,7 +94,7 @@ def build_entries(snapshot: Snapshot, sym: ProcessSymbolizer, entry_of) -> list[
         if sys_key not in system:
             system[sys_key] = is_system(start_fn, base)
         out.append(GoroutineEntry(
-            g.goid, g.state, header, base, g.labels, g.pcs, stack[0], stack[1],
+            g.goid, g.state, header, base, g.labels, g.pcs, stack[0], stack[1], stack[2],
             created[by], note, g.changed, system[sys_key]))
     return out
 

@@ -96,7 +96,8 @@ class GoroutineSession(ProfileSession):
         snapshot = self.reader.read()
         sym = self.images.symbolizers[targets[0].pid]
         unwinder = self.reader.unwinder
-        entries = build_entries(snapshot, sym, lambda pc: unwinder.info(pc).entry)
+        entries = build_entries(snapshot, sym, lambda pc: unwinder.info(pc).entry,
+                                unwinder.inline_pcs)
         return GoroutinesRead(snapshot, entries)
 
     def build(self, collected: GoroutinesRead, builder: ProfileBuilder,
