@@ -8,7 +8,8 @@ every 100 ms. For each run of `goprof goroutines --pid P`:
 - goprof's peak RSS;
 - the time its read of the target's memory took (--stats read_s);
 - the worker's throughput while goprof reads vs in the second before (ops/s): the target
-  is never stopped.
+  is never stopped; and, as a control, the same ratio while a plain busy loop burns as
+  much CPU as goprof did (what sharing the CPUs alone costs the target).
 The machine is shared: the load average is printed with each run; only ratios within
 one run mean much.
 """
@@ -72,7 +73,10 @@ def one_run(pid: int, progress: Progress, tmp: Path) -> dict:
     doc = json.loads(stats.read_text())
     time.sleep(0.3)  # the worker's line after the read
     read_end = started + (doc["total_s"])
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    control = busy_loop_ratio(progress, cpu)
     return {
+        "control_during_before": control,
         "wall_s": ended - started,
         "goprof_cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
         "peak_rss_mb": ru1.ru_maxrss / 1024,
@@ -85,6 +89,18 @@ def one_run(pid: int, progress: Progress, tmp: Path) -> dict:
         "ops_per_s_during": progress.rate(started - 0.15, read_end + 0.15),
         "loadavg": os.getloadavg()[0],
     }
+
+
+def busy_loop_ratio(progress: Progress, cpu_s: float) -> float:
+    """The target's throughput while a busy loop burns cpu_s of CPU, over the second
+    before."""
+    time.sleep(1.2)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + "
+                    f"{cpu_s}\nwhile time.process_time() < end: pass"], check=True)
+    ended = time.monotonic()
+    time.sleep(0.3)
+    return progress.rate(started - 0.15, ended + 0.15) / progress.rate(started - 1.0, started)
 
 
 def main() -> None:
@@ -113,7 +129,8 @@ def main() -> None:
               f"(read {r['read_s']:.2f} s, {r['read_cpu_s']:.2f} s of CPU), "
               f"goprof CPU {r['goprof_cpu_s']:.2f} s, peak RSS "
               f"{r['peak_rss_mb']:.0f} MB, changed {r['changed']} (retried {r['retried']}), "
-              f"target throughput during/before {ratio:.2f}, load {r['loadavg']:.1f}")
+              f"target throughput during/before {ratio:.2f} (busy-loop control "
+              f"{r['control_during_before']:.2f}), load {r['loadavg']:.1f}")
     print(json.dumps(runs, indent=1))
 
 

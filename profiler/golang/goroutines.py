@@ -20,6 +20,7 @@ import time
 from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from goprof.errors import EnvironmentProblem
 from goprof.golang.buildinfo import go_minor
@@ -57,10 +58,9 @@ _FIELDS = (("goid", "Q"), ("atomicstatus", "I"), ("waitreason", "B"), ("waitsinc
 RAW_FIELDS = tuple(name for name, _ in _FIELDS)
 
 
-def key_of(g) -> int:
-    """What must hold still between two reads of a g for its stack read to be its own, as
-    one hash (100,000 tuples would cost ~30 MB; a collision, 2**-64, misses a change)."""
-    return hash((g.goid, g.atomicstatus, g.sched_sp, g.sched_pc, g.syscallsp, g.syscallpc))
+# What must hold still between two reads of a g for its stack read to be its own.
+_KEY_FIELDS = (("goid", "Q"), ("atomicstatus", "I"), ("sched_sp", "Q"), ("sched_pc", "Q"),
+               ("syscallsp", "Q"), ("syscallpc", "Q"))
 
 
 @dataclass(slots=True)
@@ -169,6 +169,15 @@ class GoroutineReader:
         # Fields this Go version lacks (syscallbp before 1.23, parentGoid before 1.21): 0.
         missing = [n for n in RAW_FIELDS if n not in self._names]
         self._zeros = (0,) * len(missing)
+        # What must hold still (_key_of), by offset: unpacked on its own in the second pass.
+        key_fields = sorted((getattr(layout, n), f, n) for n, f in _KEY_FIELDS)
+        fmt, at = "<", 0
+        for off, f, _n in key_fields:
+            fmt += f"{off - at}x{f}" if off > at else f
+            at = off + struct.calcsize("<" + f)
+        self._key_struct = struct.Struct(fmt)
+        self._key_get = attrgetter(*(n for _o, _f, n in key_fields))
+        self._states: dict[tuple[int, int], str] = {}
         self._raw = namedtuple("RawG", self._names + missing)._make
         self._now_ns = 0
         self._stacks: dict[tuple[int, ...], tuple[int, ...]] = {}
@@ -217,10 +226,10 @@ class GoroutineReader:
                 stats.dead += 1
             else:
                 out[addr] = self._goroutine(mem, addr, g, stats)
-                keys[addr] = key_of(g)
+                keys[addr] = self._key_of(g)
         # Which changed while read: a second look at every g, in batches again.
-        for addr, again in self._read_gs(mem, list(out)):
-            if again is not None and key_of(again) == keys[addr]:
+        for addr, again in self._read_gs(mem, list(out), parse=self._key):
+            if again is not None and again == keys[addr]:
                 continue
             stats.retried += 1
             out[addr] = self._retry(mem, addr, stats)
@@ -244,7 +253,7 @@ class GoroutineReader:
                 return None  # it exited meanwhile: dead now
             last = self._goroutine(mem, addr, g, stats)
             again = self._one(mem, addr)
-            if again is not None and key_of(again) == key_of(g):
+            if again is not None and self._key_of(again) == self._key_of(g):
                 return last
         assert last is not None
         last.changed = True
@@ -254,12 +263,24 @@ class GoroutineReader:
         data = mem.read(addr, self._g.size)
         return None if data is None else self._parse(data, 0)
 
+    def _key_of(self, g) -> int:
+        """What must hold still, as one hash (100,000 tuples would cost ~30 MB; a
+        collision, 2**-64, would miss a change)."""
+        return hash(self._key_get(g))
+
+    def _key(self, data: bytes, at: int) -> int:
+        """_key_of the g at data[at:], read without making the whole g."""
+        return hash(self._key_struct.unpack_from(data, at))
+
     def _parse(self, data: bytes, at: int):
         return self._raw(self._g.unpack_from(data, at) + self._zeros)
 
-    def _read_gs(self, mem: _Mem, addrs: list[int]) -> Iterator[tuple[int, tuple | None]]:
+    def _read_gs(self, mem: _Mem, addrs: list[int], parse=None
+                 ) -> Iterator[tuple[int, tuple | None]]:
         """(address, g) of every g at addrs in address order (None: unreadable), the
-        contiguous ones read in one go."""
+        contiguous ones read in one go; parse(data, at) makes what is given of a g
+        (default: the whole g)."""
+        parse = parse or self._parse
         size = self.layout.g_size
         order = sorted(set(addrs))
         i = 0
@@ -272,7 +293,11 @@ class GoroutineReader:
             data = mem.read(start, order[j - 1] + size - start)
             for a in order[i:j]:
                 # A hole in the range (data None): one by one.
-                yield a, self._parse(data, a - start) if data is not None else self._one(mem, a)
+                if data is None:
+                    one = mem.read(a, self._g.size)
+                    yield a, parse(one, 0) if one is not None else None
+                else:
+                    yield a, parse(data, a - start)
             i = j
 
     def _goroutine(self, mem: _Mem, addr: int, g, stats: ReadStats) -> GoroutineRead:
@@ -282,7 +307,7 @@ class GoroutineReader:
             wait_ns = max(self._now_ns - g.waitsince, 0)
         labels = self._labels_of(mem, g.labels, stats)
         out = GoroutineRead(addr, g.goid, g.atomicstatus,
-                            state_of(g.atomicstatus, g.waitreason, self.reasons), wait_ns,
+                            self._state(g.atomicstatus, g.waitreason), wait_ns,
                             bool(g.lockedm), g.parent_goid, g.gopc, g.startpc, labels)
         # As the runtime's traceback: a goroutine in a system call from its syscall
         # context (whatever its status says), else from g.sched unless it is running.
@@ -319,6 +344,12 @@ class GoroutineReader:
         if not u.complete:
             out.stack_note = "stack incomplete"
         return out
+
+    def _state(self, status: int, reason: int) -> str:
+        got = self._states.get((status, reason))
+        if got is None:
+            got = self._states[(status, reason)] = state_of(status, reason, self.reasons)
+        return got
 
     def _labels_of(self, mem: _Mem, ptr: int, stats: ReadStats) -> dict[str, str]:
         if not ptr:

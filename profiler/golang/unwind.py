@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
+from struct import Struct
 
 from goprof.symbolizer.binary import BinarySymbols
 from goprof.symbolizer.errors import DATA_ERRORS, SymbolizerError
 
 MAX_INLINE_DEPTH = 256
+MAX_SHAPES = 65536
 MAX_FRAMES = 1024  # the runtime's own traceback prints at most 100; pprof keeps 128+
 # abi.FuncIDWrapper per Go minor (internal/abi/symtab.go of 1.26.8, 1.27.3; 1.19.8): the
 # runtime leaves wrappers (the `go` statement's gowrapN, method wrappers) out of
@@ -46,6 +48,8 @@ class Unwinder:
         self.wrapper_id = FUNC_ID_WRAPPER.get(go_minor or 0)
         self.bias = bias  # runtime address - ELF vaddr
         self._info: dict[int, PcInfo] = {}
+        # (pc, stack bytes) -> (where its return addresses are, what they were, the walk)
+        self._shapes: dict[tuple[int, int], tuple[Struct, tuple[int, ...], Unwound]] = {}
 
     def info(self, pc: int) -> PcInfo:
         got = self._info.get(pc)
@@ -80,7 +84,28 @@ class Unwinder:
 
     def unwind(self, stack: bytes, base: int, pc: int, sp: int, bp: int) -> Unwound:
         """stack: the goroutine's memory from `base` (its sp, 8-aligned) to the top of
-        its stack."""
+        its stack. Goroutines parked at the same pc with as much stack usually have the
+        same frames: the walk of the first is kept as the offsets of its return
+        addresses, and a later stack whose words there are the same return addresses
+        has the same frames (checked in one unpack, not frame by frame)."""
+        memo = self._shapes.get((pc, len(stack)))
+        if memo is not None and memo[0].unpack_from(stack) == memo[1]:
+            return memo[2]
+        got, offsets, rets = self._walk(stack, base, pc, sp, bp)
+        if got.fp_frames == 0 and len(self._shapes) < MAX_SHAPES:
+            fmt, at = "<", 0
+            for off in offsets:
+                fmt += f"{off - at}xQ" if off > at else "Q"
+                at = off + 8
+            self._shapes[(pc, len(stack))] = (Struct(fmt), tuple(rets), got)
+        return got
+
+    def _walk(self, stack: bytes, base: int, pc: int, sp: int, bp: int
+              ) -> tuple[Unwound, list[int], list[int]]:
+        """The frame by frame walk; also the offsets (from base) of the return addresses
+        it read, and what it read there."""
+        offsets: list[int] = []
+        rets: list[int] = []
         words = array("Q")
         words.frombytes(stack if not len(stack) & 7 else stack[:len(stack) & ~7])
         n = len(words)
@@ -103,6 +128,8 @@ class Unwinder:
                 if not 0 <= i < n:
                     break
                 ret = words[i]
+                offsets.append(i * 8)
+                rets.append(ret)
                 if delta > 0:  # the function pushed the caller's BP just below it
                     bp = words[i - 1] if i >= 1 else 0
                 sp += delta + 8
@@ -115,7 +142,7 @@ class Unwinder:
             if not ret:
                 break
             pc = ret
-        return Unwound(tuple(pcs), fp_frames, complete)
+        return Unwound(tuple(pcs), fp_frames, complete), offsets, rets
 
     def inline_pcs(self, lookup: int) -> tuple[int, ...]:
         """What runtime/pprof records for one physical frame named at `lookup`: one
