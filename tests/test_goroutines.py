@@ -282,3 +282,19 @@ def reads_memory(reader: int, target: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_header_says_minutes_and_locked_as_go_does():
+    """goroutineheader: ", N minutes" once waiting (or in a syscall) >= 1 minute, ", locked
+    to thread", " (scan)" with the scan bit; a running goroutine never has minutes."""
+    from goprof.golang.goroutines import GoroutineRead
+    from goprof.kinds.goroutines.build import header_of
+
+    def g(status: int, state: str, wait_s: float, locked: bool = False) -> GoroutineRead:
+        return GoroutineRead(0, 7, status, state, int(wait_s * 1e9), locked, 1, 0, 0, {})
+
+    assert header_of(g(4, "chan receive", 59)) == "chan receive"
+    assert header_of(g(4, "chan receive", 185)) == "chan receive, 3 minutes"
+    assert header_of(g(3, "syscall", 120, locked=True)) == "syscall, 2 minutes, locked to thread"
+    assert header_of(g(0x1004, "select", 60)) == "select (scan), 1 minutes"
+    assert header_of(g(2, "running", 600)) == "running"
