@@ -81,6 +81,16 @@ def parse_text(text: str) -> dict[int, tuple[str, list[str]]]:
     return out
 
 
+def text_blocks(text: str) -> dict[int, str]:
+    """debug=2 text -> goid: its block."""
+    out = {}
+    for block in text.strip("\n").split("\n\n"):
+        m = HEADER.match(block.split("\n", 1)[0])
+        assert m, block
+        out[int(m.group(1))] = block
+    return out
+
+
 def parse_grouped(text: str) -> dict[tuple, tuple[int, int]]:
     """debug=1 text -> (labels, functions of the # lines): (count, the pcs of the @ line,
     the # lines' addresses and offsets)."""
@@ -122,6 +132,7 @@ class Parked:
     def own_dump(self) -> tuple[str, str]:
         self.p.send_signal(signal.SIGUSR1)
         self.wait_for("dumped", 30)
+        time.sleep(0.2)  # the signal loop back to its wait
         return self.dump.read_text(), Path(f"{self.dump}.1").read_text()
 
     def close(self) -> None:
@@ -163,10 +174,23 @@ def test_goroutines_match_the_programs_own_dump(parked, tmp_path):
     assert set(ours2) == set(theirs), (sorted(ours2), sorted(theirs))
     moving = [g for g, (_, frames) in theirs.items() if any(f in MOVING for f in frames)]
     assert len(moving) == 2, moving  # goroutine 1 and the spinner
+    # A goroutine the scheduler ran between the program's dump and goprof's read (the
+    # signal loop, woken by the dump's signal) may be running or runnable in one of them:
+    # allowed, counted and said; any other difference fails.
     differ = [g for g in theirs if g not in moving and ours2[g] != theirs[g]]
-    assert not differ, [(g, ours2[g], theirs[g]) for g in differ]
-    print(f"{len(theirs)} goroutines, {len(moving)} moving by construction, "
-          f"{len(differ)} others differ")
+    ran = [g for g in differ if {ours2[g][0], theirs[g][0]} & {"running", "runnable"}]
+    assert differ == ran, [(g, ours2[g], theirs[g]) for g in differ]
+    assert len(ran) <= 2, ran
+    moving += ran
+    print(f"{len(theirs)} goroutines, {len(moving) - len(ran)} moving by construction, "
+          f"{len(ran)} ran in between")
+    # And the text itself, block for block, once the program's argument values are
+    # replaced by the "(...)" goprof prints (it does not read arguments).
+    ours_blocks = text_blocks((tmp_path / "g.goroutines.txt").read_text())
+    theirs_blocks = text_blocks(re.sub(r"^(\S.*)\(.*\)$", r"\1(...)", theirs2, flags=re.M))
+    for goid, block in theirs_blocks.items():
+        if goid not in moving:
+            assert ours_blocks[goid] == block
     # The expected parks, in number and place.
     found: dict[str, int] = {}
     for state, frames in ours2.values():
@@ -182,8 +206,11 @@ def test_goroutines_match_the_programs_own_dump(parked, tmp_path):
     ours1 = parse_grouped((tmp_path / "g.grouped.txt").read_text())
     theirs1g = parse_grouped(theirs1)
 
+    ran_frames = {f for g in ran for f in theirs[g][1]}
+
     def steady(groups):  # the spinner, if running, has no stack in goprof's
-        return {k: v for k, v in groups.items() if k[1] and not set(k[1]) & set(MOVING)}
+        return {k: v for k, v in groups.items()
+                if k[1] and not set(k[1]) & (set(MOVING) | ran_frames)}
 
     assert steady(ours1) == steady(theirs1g)
     ours_text = (tmp_path / "g.grouped.txt").read_text()
@@ -192,7 +219,7 @@ def test_goroutines_match_the_programs_own_dump(parked, tmp_path):
     def blocks(text: str) -> list[str]:
         return text.split("\n", 1)[1].strip("\n").split("\n\n")
 
-    compared = [b for b in blocks(theirs1) if not any(f in b for f in MOVING)]
+    compared = [b for b in blocks(theirs1) if not any(f in b for f in (*MOVING, *ran_frames))]
     assert len(compared) >= 7 and set(compared) <= set(blocks(ours_text)), compared
 
     # pprof: runtime/pprof's goroutine profile.
