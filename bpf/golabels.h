@@ -176,34 +176,30 @@ static __always_inline int raw_labels(u64 labels, struct go_info *go,
     return n;
 }
 
-// Copies the strings of n raw labels into s->set.
+// Reads a Go string into dst, at most max bytes (a power of two): one fixed-size read,
+// which keeps the verifier's work small (a read of a computed size costs it a branch per
+// label), and exactly the string when that fails (a short string at the very end of a
+// mapping). Non-zero when the string cannot be read.
+#define read_go_string(dst, max, str)                                             \
+    (bpf_probe_read_user((dst), (max), (void *)(str).ptr) &&                      \
+     ((str).len >= (max) ||                                                       \
+      bpf_probe_read_user((dst), (str).len & ((max) - 1), (void *)(str).ptr)))
+
+// Copies the strings of n raw labels into s->set (their lengths cut to the caps; the
+// caller already knows whether any was cut).
 static __always_inline int copy_strings(struct label_work *s, int n, int *status) {
     s->set.count = n;
     s->set.capped = (*status & LABELS_CAPPED) ? 1 : 0;
     for (int i = 0; i < MAX_LABELS; i++) {
         if (i >= n)
             break;
-        u64 kl = s->raw[i].key.len;
-        u64 vl = s->raw[i].value.len;
-        if (kl > LABEL_KEY_MAX) {
-            kl = LABEL_KEY_MAX;
-            s->set.capped = 1;
-        }
-        if (vl > LABEL_VALUE_MAX) {
-            vl = LABEL_VALUE_MAX;
-            s->set.capped = 1;
-        }
-        s->set.key_len[i] = kl;
-        s->set.value_len[i] = vl;
-        if (kl && bpf_probe_read_user(&s->set.keys[i * LABEL_KEY_MAX], kl,
-                                      (void *)s->raw[i].key.ptr))
+        struct go_label *l = &s->raw[i];
+        if (read_go_string(&s->set.keys[i * LABEL_KEY_MAX], LABEL_KEY_MAX, l->key) ||
+            read_go_string(&s->set.values[i * LABEL_VALUE_MAX], LABEL_VALUE_MAX, l->value))
             return -1;
-        if (vl && bpf_probe_read_user(&s->set.values[i * LABEL_VALUE_MAX], vl,
-                                      (void *)s->raw[i].value.ptr))
-            return -1;
+        s->set.key_len[i] = l->key.len < LABEL_KEY_MAX ? l->key.len : LABEL_KEY_MAX;
+        s->set.value_len[i] = l->value.len < LABEL_VALUE_MAX ? l->value.len : LABEL_VALUE_MAX;
     }
-    if (s->set.capped)
-        *status |= LABELS_CAPPED;
     return 0;
 }
 

@@ -104,6 +104,10 @@ def online_cpus() -> list[int]:
     return _cpu_list("/sys/devices/system/cpu/online")
 
 
+# The most a take_all() batch buffers (keys and values together).
+BATCH_BYTES = 256 * 1024
+
+
 @dataclass
 class Map:
     """An open BPF map: its fd and the sizes needed to read it."""
@@ -195,10 +199,14 @@ class Map:
         """Every entry, removed from the map as it is read: BPF_MAP_LOOKUP_AND_DELETE_BATCH
         (a few syscalls for the whole map instead of four per entry, which was most of
         what draining a window cost). Hash maps only; a kernel without batch operations
-        (before 5.6) gets items() then clear()."""
+        (before 5.6) gets items() then clear().
+
+        A batch holds `chunk` entries, fewer for large values (stacks are 1 KiB, label
+        sets 2 KiB): the buffers are allocated per call, and an empty window must not cost
+        megabytes of zeroed memory."""
         if self.map_type != MAP_HASH:
             raise ValueError(f"map {self.name}: take_all is for hash maps")
-        n = max(1, min(chunk, self.max_entries))
+        n = max(1, min(chunk, self.max_entries, BATCH_BYTES // (self.key_size + self.value_size)))
         keys = ctypes.create_string_buffer(self.key_size * n)
         values = ctypes.create_string_buffer(self.value_size * n)
         # The batch token of a hash map is a bucket index (u32); 8 bytes to be safe.
@@ -228,8 +236,10 @@ class Map:
                     raise
                 done = True
             count = struct.unpack_from("<I", attr, 32)[0]
-            kraw, vraw = keys.raw, values.raw
             ks, vs = self.key_size, self.value_size
+            # Only what the kernel filled in is copied out of the buffers.
+            kraw = ctypes.string_at(keys, ks * count)
+            vraw = ctypes.string_at(values, vs * count)
             out.extend((kraw[i * ks:(i + 1) * ks], vraw[i * vs:(i + 1) * vs])
                        for i in range(count))
             if done:

@@ -60,9 +60,17 @@ def _bcc() -> str:
 
 
 def _btf() -> str:
+    """BTF gives where a task's FS base lies (pprof labels on CPU samples); read once
+    per kernel and cached, which this warms."""
+    from goprof.recording.labels import fsbase_offset
+
     if not Path("/sys/kernel/btf/vmlinux").exists():
-        raise GoprofError("no /sys/kernel/btf/vmlinux (not needed by goprof cpu)")
-    return "/sys/kernel/btf/vmlinux"
+        raise GoprofError("no /sys/kernel/btf/vmlinux: CPU samples will carry no pprof labels "
+                          "(everything else works)")
+    offset, why = fsbase_offset()
+    if why:
+        raise GoprofError(why)
+    return f"/sys/kernel/btf/vmlinux: task_struct.thread.fsbase at {offset} (pprof labels)"
 
 
 def _compile_and_attach() -> str:

@@ -8,10 +8,12 @@ Here: the offsets a target's Go version needs, and the sets decoded.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 from dataclasses import dataclass
 
-from goprof.bpf import btf
+from goprof.bpf import btf, objects
 from goprof.golang.buildinfo import go_minor
 from goprof.golang.layouts import runtime_layout
 from goprof.golang.tls import g_tls_offset
@@ -96,11 +98,37 @@ def target_labels(pid: int, cache: BinaryCache, *, from_tls: bool
 
 def fsbase_offset() -> tuple[int, str | None]:
     """offsetof(task_struct, thread.fsbase) in the running kernel, from its BTF; (0,
-    why) when it cannot be known (CPU samples then carry no labels, said once)."""
+    why) when it cannot be known (CPU samples then carry no labels, said once).
+
+    Parsing the kernel's BTF costs ~0.1 s and ~15 MB of memory that would stay in the
+    profiler, for one number per kernel: it is kept in goprof's cache folder, keyed by
+    the kernel and its BTF file."""
     try:
-        return btf.task_fsbase_offset(), None
+        st = os.stat(btf.VMLINUX)
+        uname = os.uname()
+        key = hashlib.sha256(f"{uname.release}\0{uname.version}\0{st.st_size}\0"
+                             f"{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    except OSError:
+        key = None
+    cached = objects.cache_dir() / f"fsbase-{key}" if key else None
+    if cached is not None:
+        try:
+            return int(cached.read_text()), None
+        except (OSError, ValueError):
+            pass
+    try:
+        offset = btf.task_fsbase_offset()
     except btf.BTFError as e:
         return 0, f"CPU samples carry no pprof labels: {e}"
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(str(offset))
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # an unwritable cache only costs the parse next time
+    return offset, None
 
 
 @dataclass(frozen=True)
