@@ -100,7 +100,7 @@ def map_sizes(frequency: int, window_s: float, cpus: int) -> dict[str, int]:
 
     Counts: at most one new key per sample. Stacks: at most two new ones (user +
     kernel), capped (an entry is 1 KiB, preallocated): a full map loses the stack,
-    counted. Label sets: far fewer than samples in practice.
+    counted. Label sets: up to one per sample (pprof.Do makes a set per call), capped.
     """
     samples = max(int(frequency * window_s * cpus * 1.25), 256)
     stacks = min(samples * 2, 32768)
