@@ -254,6 +254,11 @@ def test_folded_speedscope_and_the_summary(parked, tmp_path):
     assert "changed while read" in res.stderr
     text = run_goprof("goroutines", "--pid", str(parked.p.pid), "--format", "text", check=True)
     assert "[chan receive]:\nmain.chanWaiter(...)" in text.stdout
+    assert "[force gc (idle)]" not in text.stdout  # the runtime's own, as runtime/pprof
+    every = run_goprof("goroutines", "--pid", str(parked.p.pid), "--format", "text",
+                       "--system", check=True)
+    assert "[force gc (idle)]:\nruntime.gopark(...)" in every.stdout
+    assert every.stdout.count("\ngoroutine ") > text.stdout.count("\ngoroutine ")
 
 
 def test_not_go_is_one_line(tmp_path):
