@@ -186,6 +186,12 @@ class GoroutineReader:
 
     def read(self) -> Snapshot:
         stats = ReadStats()
+        # Label sets are kept by address within one read (goroutines share them); across
+        # reads a freed set's address may hold another one. The interned stacks go too
+        # (a long-lived reader, the agent's, would keep every stack it ever saw).
+        self._labels.clear()
+        self._stacks.clear()
+        self._lookups.clear()
         started, t0, cpu0 = time.time_ns(), time.monotonic(), time.process_time()
         self._now_ns = time.monotonic_ns()  # nanotime(): CLOCK_MONOTONIC, as waitsince
         mem = _Mem(self.pid, self.label, stats)

@@ -64,7 +64,11 @@ def header_of(g: GoroutineRead) -> str:
 
 
 def build_entries(snapshot: Snapshot, sym: ProcessSymbolizer, entry_of,
-                  inline_pcs) -> list[GoroutineEntry]:
+                  inline_pcs=None) -> list[GoroutineEntry]:
+    """The goroutines of a snapshot, named. entry_of(pc): the runtime address of pc's
+    function entry (None: unknown). inline_pcs(lookup): runtime/pprof's addresses of one
+    physical frame, one per inlined call (Unwinder.inline_pcs; without it, one each)."""
+    inline_pcs = inline_pcs or (lambda lookup: (lookup + 1,))
     out = []
     named: dict[tuple[int, ...], tuple] = {}  # stacks repeat: each distinct one named once
     created: dict[tuple[int, int], CreatedBy | None] = {}
