@@ -219,13 +219,19 @@ class GoroutineReader:
         if raw is None:
             raise EnvironmentProblem(f"{self.label}: runtime.allgs is not readable")
         addrs = [a for a in struct.unpack(f"<{n}Q", raw) if a]
+        # allgs[0] is the main goroutine (the runtime's first allgadd), alive while the
+        # program is: anything else means goprof's address or g layout is wrong.
+        first = self._one(mem, addrs[0]) if addrs else None
+        if first is None or first.goid != 1:
+            raise EnvironmentProblem(
+                f"{self.label}: runtime.allgs[0] is not goroutine 1 "
+                f"({'unreadable' if first is None else f'goid {first.goid}'}): goprof's "
+                "address of runtime.allgs or its layout of runtime.g is wrong for this binary")
         # One pass over the gs in address order (batched reads), each goroutine's stack
         # read and unwound as its g comes; only a digest of what must hold still is kept.
         out: dict[int, GoroutineRead | None] = {}
         keys: dict[int, int] = {}
-        seen = 0
         for addr, g in self._read_gs(mem, addrs):
-            seen += 1
             if g is None:
                 stats.unreadable += 1
             elif g.atomicstatus & ~0x1000 in ALIVE_SKIP:
