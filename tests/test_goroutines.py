@@ -330,3 +330,28 @@ def test_header_says_minutes_and_locked_as_go_does():
     assert header_of(g(3, "syscall", 120, locked=True)) == "syscall, 2 minutes, locked to thread"
     assert header_of(g(0x1004, "select", 60)) == "select (scan), 1 minutes"
     assert header_of(g(2, "running", 600)) == "running"
+
+
+ALLG = ("runtime.allgs", "runtime.allglen")
+
+
+@pytest.mark.parametrize("toolchain", gotruth.TOOLCHAINS)
+def test_allgs_found_in_the_code_is_the_symbol(toolchain):
+    """runtime.allgs and runtime.allglen from the code heuristics (what stripped builds
+    get) are the addresses `go tool nm` gives; in stripped and PIE builds, the same
+    position in the same section as in the build with symbols."""
+    from goprof.golang.globals import global_address
+
+    path = gotruth.build(toolchain, "normal")
+    syms = gotruth.nm(path, toolchain)
+    for name in ALLG:
+        assert global_address(path, name, symbols=False) == syms[name][0], name
+    for variant in gotruth.STRIPPED_VARIANTS:
+        ref = gotruth.reference(toolchain, variant)
+        stripped = gotruth.build(toolchain, variant)
+        ref_syms = gotruth.nm(ref, toolchain)
+        for name in ALLG:
+            got = global_address(stripped, name)
+            assert got is not None, (variant, name)
+            assert gotruth.section_position(stripped, got) == \
+                gotruth.section_position(ref, ref_syms[name][0]), (variant, name)
