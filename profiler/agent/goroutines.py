@@ -45,11 +45,7 @@ def read_window(reader: GoroutineReader, symbolizer: ProcessSymbolizer, image: I
     """Every goroutine now, as a goroutine profile; and the builder that counted its
     frames (unnamed ones for the metrics). TargetGone when the process exited."""
     started = time.monotonic()
-    # The reader keeps label sets by address, which is right within one read (goroutines
-    # share sets); across windows a freed set's address may hold another one: read anew.
-    # (A reset of its own in GoroutineReader would be better: asked of its owner.)
-    getattr(reader, "_labels", {}).clear()
-    snapshot = reader.read()
+    snapshot = reader.read()  # label sets and stacks are cached within one read only
     pcs = {a for g in snapshot.goroutines for a in g.lookups}
     if not symbolizer.covers(pcs):
         try:
@@ -57,7 +53,8 @@ def read_window(reader: GoroutineReader, symbolizer: ProcessSymbolizer, image: I
         except SymbolizerError:
             pass
     unwinder = reader.unwinder
-    entries = build_entries(snapshot, symbolizer, lambda pc: unwinder.info(pc).entry)
+    entries = build_entries(snapshot, symbolizer, lambda pc: unwinder.info(pc).entry,
+                            unwinder.inline_pcs)
     s = snapshot.stats
     comments = [f"goprof {__version__} agent goroutines: window {window_s:g} s, {label}, "
                 "read through /proc/PID/mem without stopping it",

@@ -84,9 +84,7 @@ class ProfileSession(ABC):
         profile = self.build(collected, builder, targets)
         self.written = output_files.write_outputs(profile, self.outputs, self.kind, targets)
         result = RunResult(profile, collected, [p for p, _ in self.written], targets)
-        shown = profile.default_sample_type
-        print_top(self.console, profile, profile.value_index(shown) if shown else 0,
-                  empty=self.empty_profile)
+        self.show(profile)
         print_counters(self.console, [
             *self.summary_rows(collected, builder),
             *[("wrote", f"{path} ({exporter.name})") for path, exporter in self.written]])
@@ -103,6 +101,13 @@ class ProfileSession(ABC):
     @abstractmethod
     def collect(self, targets: list[Target]) -> Any:
         """The kind's data (`targets` may grow: `-- CMD`)."""
+
+    def show(self, profile: Profile) -> None:
+        """What the end of a run shows above the summary: the top functions (goroutines:
+        its own tables)."""
+        shown = profile.default_sample_type
+        print_top(self.console, profile, profile.value_index(shown) if shown else 0,
+                  empty=self.empty_profile)
 
     def kernel_symbolizer(self) -> KernelSymbolizer | None:
         """kallsyms, for kinds that keep kernel frames (read after collecting: it takes

@@ -25,10 +25,9 @@ from goprof.kinds.goroutines.build import (
 )
 from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
-from goprof.recording.session import ProfileSession, Rows, RunResult
-from goprof.report import print_counters
+from goprof.recording.session import ProfileSession, Rows
 from goprof.symbolizer import SymbolizerError
-from goprof.targets import Target, check_privileges, target_for_pid
+from goprof.targets import Target
 from rich.console import Console
 from rich.table import Table
 
@@ -51,26 +50,6 @@ class GoroutineSession(ProfileSession):
         self.top = top
         self.proc: GoProcess | None = None
         self.reader: GoroutineReader | None = None
-
-    def run(self) -> RunResult:
-        """The skeleton's run, with the goroutine tables instead of the top functions."""
-        self.started_mono = time.monotonic()
-        check_privileges()
-        targets = [target_for_pid(pid) for pid in self.pids]
-        self.inspect(targets)
-        collected = self.collect(targets)
-        builder = ProfileBuilder(self.images.symbolizers, None, self.images.comms)
-        profile = self.build(collected, builder, targets)
-        self.written = output_files.write_outputs(profile, self.outputs, self.kind, targets)
-        assert isinstance(profile, GoroutineProfile)
-        if not output_files.uses_stdout(self.outputs):
-            self.print_tables(profile)
-        print_counters(self.console, [
-            *self.summary_rows(collected, builder),
-            *[("wrote", f"{path} ({exporter.name})") for path, exporter in self.written]])
-        if self.stats_path is not None:
-            self._write_json(self.stats_path, self.stats_doc(collected, builder))
-        return RunResult(profile, collected, [p for p, _ in self.written], targets)
 
     # -- hooks ----------------------------------------------------------------
     def inspect(self, targets: list[Target]) -> None:
@@ -114,6 +93,13 @@ class GoroutineSession(ProfileSession):
         for sample in profile.samples:
             builder.count_frames(list(sample.locations), sample.values[0], kernel=False)
         return profile
+
+    def show(self, profile: Profile) -> None:
+        """The goroutine tables instead of the top functions (none when the profile
+        itself goes to standard output)."""
+        assert isinstance(profile, GoroutineProfile)
+        if not output_files.uses_stdout(self.outputs):
+            self.print_tables(profile)
 
     def print_tables(self, profile: GoroutineProfile) -> None:
         gs = profile.goroutines
