@@ -15,7 +15,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from goprof.bpf import objects, syscalls
+from goprof.bpf import events, objects, syscalls
 from goprof.errors import EnvironmentProblem
 from goprof.recording.labels import LabelSet, decode_label_set
 
@@ -88,7 +88,7 @@ class WindowedMaps:
         try:
             self.loaded = objects.load(obj, sizes=sizes, prog_type=prog_type,
                                        prog_types={EXEC_PROGRAM: syscalls.PROG_RAW_TRACEPOINT})
-            self.links.append(syscalls.raw_tracepoint_open(
+            self.links.append(events.raw_tracepoint_open(
                 "sched_process_exec", self.loaded.programs[EXEC_PROGRAM]))
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"the kernel refused goprof's BPF program or maps: {e}; "
@@ -99,11 +99,11 @@ class WindowedMaps:
 
     def start(self) -> None:
         for fd in self.events:
-            syscalls.enable_perf_event(fd)
+            events.enable_perf_event(fd)
 
     def stop(self) -> None:
         for fd in self.events:
-            syscalls.disable_perf_event(fd)
+            events.disable_perf_event(fd)
 
     def close(self) -> None:
         """Detaches everything (closing the fds is enough: so does our death)."""

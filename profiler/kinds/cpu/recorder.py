@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from goprof.bpf import syscalls
+from goprof.bpf import events, syscalls
 from goprof.errors import EnvironmentProblem
 from goprof.recording.labels import (
     GO_INFO,
@@ -138,9 +138,9 @@ class CpuRecorder(WindowedMaps):
         prog = self.loaded.programs[PROGRAM]
         try:
             for cpu in self.cpus:
-                fd = syscalls.perf_event_open(cpu, self.period_ns)
+                fd = events.perf_event_open(cpu, self.period_ns)
                 self.events.append(fd)
-                syscalls.attach_perf_event(fd, prog)
+                events.attach_perf_event(fd, prog)
         except syscalls.BPFError as e:
             self.close()
             raise EnvironmentProblem(f"cannot open a cpu-clock perf event: {e}; check "

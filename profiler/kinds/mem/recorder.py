@@ -14,7 +14,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from goprof.bpf import syscalls
+from goprof.bpf import events, syscalls
 from goprof.errors import EnvironmentProblem
 from goprof.recording.labels import (
     GO_INFO,
@@ -151,13 +151,13 @@ class MemRecorder(WindowedMaps):
         assert self.loaded is not None
         prog = self.loaded.programs[probe.program]
         try:
-            fd = syscalls.uprobe_open(probe.path, probe.file_offset)
+            fd = events.uprobe_open(probe.path, probe.file_offset)
         except syscalls.BPFError as e:
             raise EnvironmentProblem(f"cannot put a uprobe on {probe.function}: {e}") from None
         try:
-            syscalls.attach_perf_event(fd, prog)
+            events.attach_perf_event(fd, prog)
             if enable:
-                syscalls.enable_perf_event(fd)
+                events.enable_perf_event(fd)
         except BaseException as e:
             # The agent attaches while running, for processes that may exit meanwhile:
             # a probe half set up is closed here, not left open until the run ends.
