@@ -1,7 +1,7 @@
 """What goprof cpu's BPF program costs per sample, by workload (kernel.bpf_stats_enabled).
 
     sudo .venv/bin/python bench/bpf_cost.py [--runs 5] [--seconds 3] [--frequency 997]
-    sudo .venv/bin/python bench/bpf_cost.py --goprof "python -m goprof.cli"   # another build
+    sudo .venv/bin/python bench/bpf_cost.py --goprof OLD --goprof NEW  # runs interleaved
 
 Each run profiles one fixture for --seconds with `goprof cpu --stats`, with the kernel's
 BPF statistics turned on (and put back after); the program's run time divided by its
@@ -61,42 +61,46 @@ def run_once(goprof: list[str], binary: Path | None, seconds: float, frequency: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--goprof", default=str(REPO / ".venv" / "bin" / "goprof"),
-                    help="the goprof command to measure (default: this checkout's)")
+    ap.add_argument("--goprof", action="append", default=[],
+                    help="a goprof command to measure (default: this checkout's); give two or "
+                         "more to compare builds: their runs are interleaved")
     ap.add_argument("--runs", type=int, default=5, help="runs per workload")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--frequency", type=int, default=997)
     args = ap.parse_args()
-    goprof = shlex.split(args.goprof)
+    commands = args.goprof or [str(REPO / ".venv" / "bin" / "goprof")]
     binaries = {w: gobuild.build(w, "go1.26", "stripped").path for w in WORKLOADS}
     before = STATS_SYSCTL.read_text().strip()
     STATS_SYSCTL.write_text("1")
-    per_sample: dict[str, list[float]] = {w: [] for w in WORKLOADS}
-    per_run: dict[str, list[float]] = {w: [] for w in WORKLOADS}
-    idle: list[float] = []
+    per_sample = {(c, w): [] for c in commands for w in WORKLOADS}
+    per_run = {(c, w): [] for c in commands for w in WORKLOADS}
+    idle: dict[str, list[float]] = {c: [] for c in commands}
     try:
         for _ in range(args.runs):
-            s = run_once(goprof, None, args.seconds, args.frequency)
-            idle.append(s["bpf_run_time_ns"] / max(s["bpf_run_cnt"], 1))
-        other_ns = statistics.median(idle)
+            for c in commands:
+                s = run_once(shlex.split(c), None, args.seconds, args.frequency)
+                idle[c].append(s["bpf_run_time_ns"] / max(s["bpf_run_cnt"], 1))
         for _ in range(args.runs):
             for w in WORKLOADS:
-                s = run_once(goprof, binaries[w], args.seconds, args.frequency)
-                others = s["bpf_run_cnt"] - s["seen"]
-                per_sample[w].append((s["bpf_run_time_ns"] - others * other_ns)
-                                     / max(s["seen"], 1))
-                per_run[w].append(s["bpf_run_time_ns"] / max(s["bpf_run_cnt"], 1))
-                time.sleep(0.2)
+                for c in commands:
+                    s = run_once(shlex.split(c), binaries[w], args.seconds, args.frequency)
+                    others = s["bpf_run_cnt"] - s["seen"]
+                    per_sample[(c, w)].append(
+                        (s["bpf_run_time_ns"] - others * statistics.median(idle[c]))
+                        / max(s["seen"], 1))
+                    per_run[(c, w)].append(s["bpf_run_time_ns"] / max(s["bpf_run_cnt"], 1))
+                    time.sleep(0.2)
     finally:
         STATS_SYSCTL.write_text(before)
-    print(f"goprof: {args.goprof}; {args.runs} runs of {args.seconds} s at {args.frequency} Hz")
-    print(f"a run for another process: {other_ns:.0f} ns (median; "
-          f"{min(idle):.0f}-{max(idle):.0f})")
-    print(f"{'workload':<12} {'ns/sample median':>17} {'(min-max)':>17} {'ns/run median':>14}")
-    for w in WORKLOADS:
-        s = per_sample[w]
-        print(f"{w:<12} {statistics.median(s):>17.0f} {f'{min(s):.0f}-{max(s):.0f}':>17} "
-              f"{statistics.median(per_run[w]):>14.0f}")
+    print(f"{args.runs} runs of {args.seconds} s at {args.frequency} Hz per workload and build")
+    for c in commands:
+        print(f"\ngoprof: {c}; a run for another process: {statistics.median(idle[c]):.0f} ns "
+              f"(median; {min(idle[c]):.0f}-{max(idle[c]):.0f})")
+        print(f"{'workload':<12} {'ns/sample median':>17} {'(min-max)':>17} {'ns/run median':>14}")
+        for w in WORKLOADS:
+            v = per_sample[(c, w)]
+            print(f"{w:<12} {statistics.median(v):>17.0f} {f'{min(v):.0f}-{max(v):.0f}':>17} "
+                  f"{statistics.median(per_run[(c, w)]):>14.0f}")
     return 0
 
 
