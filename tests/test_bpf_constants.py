@@ -200,9 +200,9 @@ class Reader:
 LABEL_DEFINES = ("MAX_LABELS", "LABEL_KEY_MAX", "LABEL_VALUE_MAX", "LABELS_NONE", "LABELS_MAP",
                  "LABELS_SLICE")
 SHARED_FORMATS: tuple[tuple[str, str, struct.Struct | str], ...] = (
-    ("stacks0", "key", "<Q"),  # windows.take_stacks: the stack's hash
+    ("stacks0", "key", "<Q"),  # windows.take_window: the stack's hash
     ("stacks1", "key", "<Q"),
-    ("labels0", "key", "<Q"),  # windows.take_label_sets: the fingerprint
+    ("labels0", "key", "<Q"),  # windows.take_window: the fingerprint
     ("labels0", "value", labels.LABEL_SET),
     ("labels1", "value", labels.LABEL_SET),
 )

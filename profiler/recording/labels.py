@@ -29,7 +29,7 @@ GO_INFO = struct.Struct("<iHHHHB3s")
 # count, capped, key lengths, value lengths, keys, values, padding
 LABEL_SET = struct.Struct(f"<II{MAX_LABELS}s{MAX_LABELS}s{MAX_LABELS * LABEL_KEY_MAX}s"
                           f"{MAX_LABELS * LABEL_VALUE_MAX}s4s")
-NO_GO_INFO = (0, 0, 0, 0, 0, LABELS_NONE, b"")  # GO_INFO's fields: no labels
+_NO_GO_INFO = (0, 0, 0, 0, 0, LABELS_NONE, b"")  # GO_INFO's fields: no labels
 
 Labels = tuple[tuple[str, str], ...]  # (key, value), sorted by key
 
@@ -55,6 +55,12 @@ def go_info(binary: BinarySymbols, path: str, tls_g: int | None = None) -> GoInf
     """The label-reading offsets of a Go binary; None when it is not Go or its runtime's
     layout is unknown (its samples then carry no labels: never a wrong one)."""
     return explain_go_info(binary, path, tls_g)[0]
+
+
+def go_info_fields(go: GoInfo | None) -> tuple:
+    """GO_INFO's fields for a targets entry (cpu.c's and mem.c's embed it): the offsets,
+    or all zero (LABELS_NONE) for a target whose labels are not read."""
+    return go.fields() if go else _NO_GO_INFO
 
 
 def explain_go_info(binary: BinarySymbols, path: str, tls_g: int | None = None

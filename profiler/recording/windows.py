@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from goprof.bpf import events, objects, syscalls
 from goprof.errors import EnvironmentProblem
-from goprof.recording.labels import LabelSet, decode_label_set
+from goprof.recording.labels import (
+    LabelCounts,
+    Labels,
+    LabelSet,
+    decode_label_set,
+    distinct_sets,
+)
 
 CONFIG_WINDOW = 0  # the config[] slot both programs read the window from
 EXEC_PROGRAM = "on_exec"  # both objects' sched_process_exec program (see bpf/cpu.c)
@@ -64,6 +70,41 @@ def _add_fields(into: object, other: object) -> None:
             _add_fields(mine, getattr(other, name))
         else:
             setattr(into, name, mine + getattr(other, name))
+
+
+@dataclass
+class TakenWindow:
+    """What one window's maps held: the counted entries (raw key, value), and the stacks
+    and label sets (bpf/stacks.h, bpf/golabels.h) their keys refer to."""
+
+    counted: list[tuple[bytes, bytes]]
+    stacks: dict[int, tuple[int, ...]]
+    label_sets: dict[int, LabelSet]
+
+    def stack(self, stack_hash: int) -> tuple[int, ...]:
+        """Addresses leaf first; () for no stack (0) or one the full map did not keep."""
+        return self.stacks.get(stack_hash, ())
+
+    def labels(self, fingerprint: int) -> Labels:
+        label_set = self.label_sets.get(fingerprint)
+        return label_set.labels if label_set else ()
+
+    def label_counts(self, capped: int, unread: int, full: int) -> LabelCounts:
+        """The window's label counters: its distinct sets, and the programs' counts."""
+        return LabelCounts(distinct_sets(self.label_sets), capped, unread, full)
+
+
+def stack_and_label_rows(stacks_full: int, labels: LabelCounts) -> list[tuple[str, str]]:
+    """The summary rows of what bpf/stacks.h and bpf/golabels.h count (cpu and mem)."""
+    return [("stack collisions", f"{stacks_full}"
+             + (" (the stack map was full)" if stacks_full else "")),
+            ("labels", labels.text())]
+
+
+def stack_and_label_stats(stacks_full: int, labels: LabelCounts) -> dict:
+    """The same for --stats. Stacks are hashed into a chained map: none is lost to a
+    bucket collision; "stack_collisions" counts the stacks a full map could not keep."""
+    return {"stack_collisions": stacks_full, "labels": labels.as_json()}
 
 
 class WindowedMaps:
@@ -136,7 +177,13 @@ class WindowedMaps:
         time.sleep(self.flip_grace_s)
         return old
 
-    def take_stacks(self, window: int) -> dict[int, tuple[int, ...]]:
+    def take_window(self, window: int) -> TakenWindow:
+        """The window's counts, stacks and label sets, each map emptied. Counts first:
+        every stack and label set a counted entry refers to was stored before it."""
+        counted = self.map(f"counts{window}").take_all()
+        return TakenWindow(counted, self._take_stacks(window), self._take_label_sets(window))
+
+    def _take_stacks(self, window: int) -> dict[int, tuple[int, ...]]:
         """The window's stacks (hash -> addresses leaf first), removed from the map."""
         out = {}
         for key, value in self.map(f"stacks{window}").take_all():
@@ -144,7 +191,7 @@ class WindowedMaps:
             out[struct.unpack("<Q", key)[0]] = tuple(ip for ip in words if ip)
         return out
 
-    def take_label_sets(self, window: int) -> dict[int, LabelSet]:
+    def _take_label_sets(self, window: int) -> dict[int, LabelSet]:
         """The window's label sets (fingerprint -> labels), removed from the map."""
         return {struct.unpack("<Q", k)[0]: decode_label_set(v)
                 for k, v in self.map(f"labels{window}").take_all()}

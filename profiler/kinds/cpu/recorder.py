@@ -14,11 +14,10 @@ from goprof.bpf import events, syscalls
 from goprof.errors import EnvironmentProblem
 from goprof.recording.labels import (
     GO_INFO,
-    NO_GO_INFO,
     GoInfo,
     LabelCounts,
     Labels,
-    distinct_sets,
+    go_info_fields,
 )
 from goprof.recording.windows import Counters, WindowedMaps
 
@@ -151,7 +150,7 @@ class CpuRecorder(WindowedMaps):
     def add_target(self, pid: int, go: GoInfo | None = None) -> None:
         """`go`: where its runtime keeps labels (None: not Go, or unknown: no labels)."""
         self.map("targets").update(struct.pack("<I", pid),
-                                   TARGET_INFO.pack(0, 0, *(go.fields() if go else NO_GO_INFO)))
+                                   TARGET_INFO.pack(0, 0, *go_info_fields(go)))
 
     def set_go_info(self, pid: int, generation: int, go: GoInfo | None) -> bool:
         """The offsets of the image a target runs after an exec (its samples carry no
@@ -161,7 +160,7 @@ class CpuRecorder(WindowedMaps):
         if raw is None or TARGET_INFO.unpack(raw)[0] != generation:
             return False
         self.map("targets").update(key, TARGET_INFO.pack(
-            generation, 0, *(go.fields() if go else NO_GO_INFO)))
+            generation, 0, *go_info_fields(go)))
         return True
 
     def generation(self, pid: int) -> int | None:
@@ -188,23 +187,17 @@ class CpuRecorder(WindowedMaps):
         return self._read_window(self.flip())
 
     def _read_window(self, w: int) -> Window:
-        # Counts first: every stack and label set a counted sample refers to was
-        # stored before it was counted.
-        counted = self.map(f"counts{w}").take_all()
-        stacks = self.take_stacks(w)
-        label_sets = self.take_label_sets(w)
+        taken = self.take_window(w)
         out = Window()
-        for key, value in counted:
+        for key, value in taken.counted:
             pid, tid, ustack, kstack, leaf_ret, labels, goid, generation, _ = \
                 SAMPLE_KEY.unpack(key)
             (count,) = struct.unpack("<Q", value)
-            user = stacks.get(ustack, ())
+            user = taken.stack(ustack)
             if len(user) >= self.stack_depth:
                 out.stats.truncated += count
-            label_set = label_sets.get(labels)
-            out.samples.append(RawSample(pid, tid, user, stacks.get(kstack, ()), leaf_ret,
-                                         count, generation,
-                                         label_set.labels if label_set else (), goid))
+            out.samples.append(RawSample(pid, tid, user, taken.stack(kstack), leaf_ret, count,
+                                         generation, taken.labels(labels), goid))
             out.stats.counted += count
         totals = self.take_errors()
         out.stats.seen = totals[ERR_SAMPLES]
@@ -213,8 +206,8 @@ class CpuRecorder(WindowedMaps):
         out.stats.user_stack_errors = totals[ERR_USER_STACK]
         out.stats.kernel_stack_errors = totals[ERR_KERNEL_STACK]
         out.stats.counts_full = totals[ERR_COUNTS_FULL]
-        out.stats.labels = LabelCounts(distinct_sets(label_sets), totals[ERR_LABELS_CAPPED],
-                                       totals[ERR_LABELS_UNREAD], totals[ERR_LABELS_FULL])
+        out.stats.labels = taken.label_counts(totals[ERR_LABELS_CAPPED],
+                                              totals[ERR_LABELS_UNREAD], totals[ERR_LABELS_FULL])
         missed = self._program_info().recursion_misses
         out.stats.missed_runs = missed - self._missed_before
         self._missed_before = missed

@@ -16,7 +16,12 @@ from goprof.model import Profile
 from goprof.recording.builder import ProfileBuilder
 from goprof.recording.labels import fsbase_offset, target_go_info, target_labels
 from goprof.recording.session import Recording, RecordingSession, Rows
-from goprof.recording.windows import ExecEvent, wall_time_of
+from goprof.recording.windows import (
+    ExecEvent,
+    stack_and_label_rows,
+    stack_and_label_stats,
+    wall_time_of,
+)
 from goprof.symbolizer import KernelSymbolizer, load_kernel_symbolizer
 from goprof.targets import Target
 from rich.console import Console
@@ -108,9 +113,7 @@ class CpuSession(RecordingSession):
             ("samples", f"{stats.counted}"),
             ("lost samples", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
                                                  if stats.counts_full else "")),
-            ("stack collisions", f"{stats.stacks_full}"
-                                 + (" (the stack map was full)" if stats.stacks_full else "")),
-            ("labels", stats.labels.text()),
+            *stack_and_label_rows(stats.stacks_full, stats.labels),
             ("truncated stacks", f"{stats.truncated} at the depth limit, {sym.cut_stacks} cut "
                                  "where the frame-pointer walk left the mapped code"),
             ("unnamed frames", f"{sym.unnamed_frames} ({named_pct:.1f} % of user frames named)"
@@ -124,10 +127,7 @@ class CpuSession(RecordingSession):
             "samples": stats.counted,
             "seen": stats.seen,
             "lost": stats.lost,
-            # Stacks are hashed into a chained map: none is lost to a bucket collision;
-            # what is counted here is a stack the full map could not keep.
-            "stack_collisions": stats.stacks_full,
-            "labels": stats.labels.as_json(),
+            **stack_and_label_stats(stats.stacks_full, stats.labels),
             "truncated_stacks": stats.truncated,
             "user_frames": builder.stats.user_frames,
             "unnamed_user_frames": builder.stats.unnamed_user_frames,

@@ -18,11 +18,10 @@ from goprof.bpf import events, syscalls
 from goprof.errors import EnvironmentProblem
 from goprof.recording.labels import (
     GO_INFO,
-    NO_GO_INFO,
     GoInfo,
     LabelCounts,
     Labels,
-    distinct_sets,
+    go_info_fields,
 )
 from goprof.recording.windows import Counters, WindowedMaps
 
@@ -193,7 +192,7 @@ class MemRecorder(WindowedMaps):
         generation: the image they belong to (after an exec, the one it announced);
         go: where its runtime keeps labels (None: unknown, no labels)."""
         self.map("targets").update(struct.pack("<I", pid), TARGET_INFO.pack(
-            *layout, generation, 1, *(go.fields() if go else NO_GO_INFO)))
+            *layout, generation, 1, *go_info_fields(go)))
 
     def generation(self, pid: int) -> int | None:
         """The target's current generation (its execs so far), None when not a target."""
@@ -211,27 +210,22 @@ class MemRecorder(WindowedMaps):
         return self._read_window(self.flip())
 
     def _read_window(self, w: int) -> MemWindow:
-        # Counts first: the stacks and label sets they refer to were stored before.
-        counted = self.map(f"counts{w}").take_all()
-        stacks = self.take_stacks(w)
-        label_sets = self.take_label_sets(w)
+        taken = self.take_window(w)
         out = MemWindow()
-        for key, value in counted:
+        for key, value in taken.counted:
             pid, _, ustack, leaf_ret, size, labels, goid, generation, _ = ALLOC_KEY.unpack(key)
             events, objects_, bytes_ = ALLOC_VALUE.unpack(value)
-            user = stacks.get(ustack, ())
+            user = taken.stack(ustack)
             if len(user) >= self.stack_depth:
                 out.stats.truncated += events
-            label_set = label_sets.get(labels)
             out.samples.append(AllocSample(pid, user, leaf_ret, size, events, objects_, bytes_,
-                                           generation, label_set.labels if label_set else (),
-                                           goid))
+                                           generation, taken.labels(labels), goid))
             out.stats.counted += events
         t = self.take_errors()
         s = out.stats
         s.hits, s.sampled, s.stacks_full = t[ERR_HITS], t[ERR_SAMPLED], t[ERR_STACKS_FULL]
-        s.labels = LabelCounts(distinct_sets(label_sets), t[ERR_LABELS_CAPPED],
-                               t[ERR_LABELS_UNREAD], t[ERR_LABELS_FULL])
+        s.labels = taken.label_counts(t[ERR_LABELS_CAPPED], t[ERR_LABELS_UNREAD],
+                                      t[ERR_LABELS_FULL])
         s.stack_errors, s.counts_full = t[ERR_STACK], t[ERR_COUNTS_FULL]
         s.morestack, s.read_errors = t[ERR_MORESTACK], t[ERR_READ]
         s.exec_pending = t[ERR_EXEC_PENDING]

@@ -29,7 +29,7 @@ from goprof.model import Profile
 from goprof.recording.builder import ImageKey, ProfileBuilder, image_key
 from goprof.recording.labels import explain_go_info
 from goprof.recording.session import Recording, RecordingSession, Rows
-from goprof.recording.windows import ExecEvent
+from goprof.recording.windows import ExecEvent, stack_and_label_rows, stack_and_label_stats
 from goprof.targets import Target, target_for_pid
 from rich.console import Console
 from rich.markup import escape
@@ -134,10 +134,7 @@ class MemSession(RecordingSession):
             "methods": {_image_name(key): {"method": m.method, "rate": m.rate}
                         for key, m in self.methods.items()},
             **{k: getattr(stats, k) for k in stats.__dataclass_fields__ if k != "labels"},
-            # Stacks are hashed into a chained map: none is lost to a bucket collision;
-            # what is counted is a stack the full map could not keep.
-            "stack_collisions": stats.stacks_full,
-            "labels": stats.labels.as_json(),
+            **stack_and_label_stats(stats.stacks_full, stats.labels),
             "lost": stats.lost,
             "deduplicated": self.deduplicated,
         }
@@ -301,9 +298,7 @@ class MemSession(RecordingSession):
             ("events with a stack", f"{stats.sampled}"),
             ("lost", f"{stats.lost}" + (f" (maps full: {stats.counts_full})"
                                         if stats.counts_full else "")),
-            ("stack collisions", f"{stats.stacks_full}"
-                                 + (" (the stack map was full)" if stats.stacks_full else "")),
-            ("labels", stats.labels.text()),
+            *stack_and_label_rows(stats.stacks_full, stats.labels),
             ("truncated stacks", f"{stats.truncated} at the depth limit, "
                                  f"{builder.stats.cut_stacks} cut"),
             ("unnamed frames", f"{builder.stats.unnamed_frames}{builder.stats.damage_text()}"),
