@@ -9,6 +9,7 @@ every row against the DWARF of the toolchains the tests build.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -269,7 +270,29 @@ def table_fields() -> dict[Field, frozenset[int]]:
     return out
 
 
+# DWARF rows per file (st_dev, st_ino, st_size, st_mtime_ns): a target's layout is asked
+# for by each thing that reads its runtime (labels, the span method, goroutines), and the
+# agent asks again for every process of one binary; each read of the DWARF is ~30 ms.
+_ROWS_CACHE: dict[tuple[int, int, int, int], dict[Field, Slot] | None] = {}
+_ROWS_CACHE_MAX = 64
+
+
 def _dwarf_rows(path: str) -> dict[Field, Slot] | None:
+    """_read_dwarf_rows, once per binary file (a copy: callers may keep it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _read_dwarf_rows(path)  # says why it cannot be read
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _ROWS_CACHE:
+        if len(_ROWS_CACHE) >= _ROWS_CACHE_MAX:
+            _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))  # the oldest
+        _ROWS_CACHE[key] = _read_dwarf_rows(path)
+    rows = _ROWS_CACHE[key]
+    return dict(rows) if rows is not None else None
+
+
+def _read_dwarf_rows(path: str) -> dict[Field, Slot] | None:
     """The table's rows as this binary's DWARF gives them; None when the file has no
     DWARF or it lacks one of the structs. A field that every version has must be there,
     with one of the sizes the table gives it; the memRecordCycle's members are all of
